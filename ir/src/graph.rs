@@ -1,0 +1,266 @@
+//! The graph: a list of nodes in topological order, each producing one value.
+
+use crate::arch::VitArch;
+use crate::error::{IrError, Result};
+use crate::param::{Param, ParamId};
+use crate::space::{ElasticSpace, SubnetSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+
+/// A value is named by the index of the node that produces it.
+pub type ValueId = usize;
+
+/// The operations of a ViT, at the granularity a reader of the paper thinks in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// The graph input: images `[N, C, H, W]`, already normalised by mean/std.
+    Image,
+    /// Non-overlapping `patch × patch` convolution, flattened to tokens `[N, P, D]`.
+    PatchEmbed { weight: ParamId, bias: ParamId, patch: usize },
+    /// iBOT masking: patch tokens selected by a training-time mask are replaced by `mask_token`.
+    MaskTokens { mask_token: ParamId },
+    /// Prepends the class token: `[N, P, D] → [N, 1 + P, D]`.
+    PrependCls { cls_token: ParamId },
+    /// Adds the learned position embedding.
+    AddPosEmbed { pos_embed: ParamId },
+    /// LayerNorm over the last axis.
+    LayerNorm { weight: ParamId, bias: ParamId, eps: f32 },
+    /// `y = (alpha · x) · Wᵀ + b`; `alpha` is POA's width scaling factor, set by specialisation and folded
+    /// into `W` by the `fold_alpha` pass.
+    Linear { weight: ParamId, bias: Option<ParamId>, alpha: f32 },
+    /// Multi-head self-attention core on packed qkv `[N, T, 3D] → [N, T, D]`, scale `head_dim^-0.5`.
+    Attention { head_dim: usize },
+    /// Exact (erf) GELU.
+    Gelu,
+    /// LayerScale: multiplies by a learned per-channel `gamma`.
+    LayerScale { gamma: ParamId },
+    /// Element-wise sum of two values (residual connection).
+    Add,
+    /// Takes the class token: `[N, T, D] → [N, D]`.
+    ClsToken,
+}
+
+impl Op {
+    /// The parameters the op reads.
+    pub fn params(&self) -> Vec<ParamId> {
+        match *self {
+            Op::PatchEmbed { weight, bias, .. } | Op::LayerNorm { weight, bias, .. } => vec![weight, bias],
+            Op::Linear { weight, bias, .. } => std::iter::once(weight).chain(bias).collect(),
+            Op::MaskTokens { mask_token: p } | Op::PrependCls { cls_token: p } | Op::AddPosEmbed { pos_embed: p } => {
+                vec![p]
+            }
+            Op::LayerScale { gamma } => vec![gamma],
+            Op::Image | Op::Attention { .. } | Op::Gelu | Op::Add | Op::ClsToken => Vec::new(),
+        }
+    }
+
+    /// Mutable access to the parameter ids, for renumbering.
+    pub fn params_mut(&mut self) -> Vec<&mut ParamId> {
+        match self {
+            Op::PatchEmbed { weight, bias, .. } | Op::LayerNorm { weight, bias, .. } => vec![weight, bias],
+            Op::Linear { weight, bias, .. } => std::iter::once(weight).chain(bias.as_mut()).collect(),
+            Op::MaskTokens { mask_token: p } | Op::PrependCls { cls_token: p } | Op::AddPosEmbed { pos_embed: p } => {
+                vec![p]
+            }
+            Op::LayerScale { gamma } => vec![gamma],
+            Op::Image | Op::Attention { .. } | Op::Gelu | Op::Add | Op::ClsToken => Vec::new(),
+        }
+    }
+
+    /// Short lower-case name used when printing a graph.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Image => "image",
+            Op::PatchEmbed { .. } => "patch_embed",
+            Op::MaskTokens { .. } => "mask_tokens",
+            Op::PrependCls { .. } => "prepend_cls",
+            Op::AddPosEmbed { .. } => "add_pos_embed",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Linear { .. } => "linear",
+            Op::Attention { .. } => "attention",
+            Op::Gelu => "gelu",
+            Op::LayerScale { .. } => "layer_scale",
+            Op::Add => "add",
+            Op::ClsToken => "cls_token",
+        }
+    }
+}
+
+/// One node: an op applied to earlier values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Readable name, unique in the graph (e.g. `blocks.3.attn.qkv`).
+    pub name: String,
+    /// What the node computes.
+    pub op: Op,
+    /// Values it reads, all produced by earlier nodes.
+    pub inputs: Vec<ValueId>,
+    /// The transformer block the node belongs to, if any.
+    pub block: Option<usize>,
+}
+
+/// A transformer block as a whole: the value entering it and the value leaving it. Dropping a block (elastic
+/// depth) rewires every use of `output` to `input`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockSpan {
+    /// Index of the block in the supergraph (kept through specialisation, so weight names stay meaningful).
+    pub index: usize,
+    /// The residual stream entering the block.
+    pub input: ValueId,
+    /// The residual stream leaving the block.
+    pub output: ValueId,
+}
+
+/// An elastic supergraph, or, once `subnet` is set, one static sub-network of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    /// Hyper-parameters the graph was built from.
+    pub arch: VitArch,
+    /// The elastic space of the supergraph.
+    pub space: ElasticSpace,
+    /// `Some` once the graph is specialised to one sub-network (then every dim is fixed).
+    pub subnet: Option<SubnetSpec>,
+    /// Parameters, referenced by index from ops.
+    pub params: Vec<Param>,
+    /// Nodes in topological order; node `i` produces value `i`.
+    pub nodes: Vec<Node>,
+    /// The transformer blocks, in order.
+    pub blocks: Vec<BlockSpan>,
+    /// The value the graph returns.
+    pub output: ValueId,
+}
+
+impl Graph {
+    /// Width the graph computes at: the sub-network's, or the largest of the space.
+    pub fn width(&self) -> usize {
+        self.subnet.map_or(self.space.max_width(), |s| s.width)
+    }
+
+    /// Looks a parameter up by its weight name.
+    pub fn param_by_name(&self, name: &str) -> Option<&Param> {
+        self.params.iter().find(|p| p.name == name)
+    }
+
+    /// Checks that every input comes from an earlier node and every parameter id exists.
+    pub fn validate(&self) -> Result<()> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(bad) = node.inputs.iter().find(|&&v| v >= i) {
+                return Err(IrError::Malformed(format!("node {} ({}) reads %{bad}, not an earlier value", i, node.name)));
+            }
+            if let Some(bad) = node.op.params().into_iter().find(|&p| p >= self.params.len()) {
+                return Err(IrError::Malformed(format!("node {} reads param #{bad}, of {}", node.name, self.params.len())));
+            }
+        }
+        if self.output >= self.nodes.len() {
+            return Err(IrError::Malformed(format!("output %{} does not exist", self.output)));
+        }
+        Ok(())
+    }
+
+    /// Removes the nodes for which `keep` is false. Every use of a removed value `v` is redirected to
+    /// `replace[v]` (followed transitively), so removed nodes must have a replacement if they are used.
+    pub fn remove_nodes(&mut self, keep: &[bool], replace: &HashMap<ValueId, ValueId>) -> Result<()> {
+        let resolve = |mut v: ValueId| {
+            while let Some(&r) = replace.get(&v) {
+                v = r;
+            }
+            v
+        };
+        let mut new_id = vec![usize::MAX; self.nodes.len()];
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for (i, mut node) in std::mem::take(&mut self.nodes).into_iter().enumerate() {
+            if !keep[i] {
+                continue;
+            }
+            for input in &mut node.inputs {
+                let target = new_id[resolve(*input)];
+                if target == usize::MAX {
+                    return Err(IrError::Malformed(format!("{} reads a removed value %{input}", node.name)));
+                }
+                *input = target;
+            }
+            new_id[i] = nodes.len();
+            nodes.push(node);
+        }
+        self.nodes = nodes;
+        let remap = |v: ValueId| new_id[resolve(v)];
+        self.output = remap(self.output);
+        self.blocks = self
+            .blocks
+            .iter()
+            .filter(|b| keep[b.output])
+            .map(|b| BlockSpan { index: b.index, input: remap(b.input), output: remap(b.output) })
+            .collect();
+        if self.output == usize::MAX {
+            return Err(IrError::Malformed("the graph output was removed".into()));
+        }
+        Ok(())
+    }
+
+    /// Appends a node reading `inputs` and returns its value.
+    pub fn push(&mut self, name: impl Into<String>, op: Op, inputs: Vec<ValueId>, block: Option<usize>) -> ValueId {
+        self.nodes.push(Node { name: name.into(), op, inputs, block });
+        self.nodes.len() - 1
+    }
+
+    /// Adds a parameter and returns its id.
+    pub fn add_param(&mut self, param: Param) -> ParamId {
+        self.params.push(param);
+        self.params.len() - 1
+    }
+
+    /// Serialises the graph as JSON (the `supergraph.json` of a checkpoint).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a graph always serialises")
+    }
+
+    /// Reads a graph written by [`Graph::to_json`] and validates it.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let graph: Graph =
+            serde_json::from_str(text).map_err(|e| IrError::Malformed(format!("not a poac supergraph: {e}")))?;
+        graph.arch.validate()?;
+        graph.validate()?;
+        Ok(graph)
+    }
+}
+
+impl fmt::Display for Graph {
+    /// One op a line: `%7 = linear blocks.0.attn.qkv (%6) weight[576, 192] α=1`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.subnet {
+            Some(s) => format!("sub-network {s}"),
+            None => format!("elastic supergraph, widths {:?}, depths {:?}", self.space.widths, self.space.depths),
+        };
+        writeln!(f, "graph ({what}), {} nodes, {} params", self.nodes.len(), self.params.len())?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let inputs: Vec<String> = node.inputs.iter().map(|v| format!("%{v}")).collect();
+            write!(f, "  %{i} = {} {} ({})", node.op.kind(), node.name, inputs.join(", "))?;
+            for p in node.op.params() {
+                let param = &self.params[p];
+                let dims: Vec<String> = param
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        crate::Dim::Fixed(n) => n.to_string(),
+                        crate::Dim::Elastic { segments, per_width } => match (segments, per_width) {
+                            (1, 1) => "W".to_string(),
+                            (s, 1) => format!("{s}W"),
+                            (1, k) => format!("{k}W"),
+                            (s, k) => format!("{s}x{k}W"),
+                        },
+                    })
+                    .collect();
+                let scale = if param.view.scale != 1.0 { format!("×{}", param.view.scale) } else { String::new() };
+                write!(f, " {}[{}]{scale}", param.name.rsplit('.').next().unwrap_or(""), dims.join(", "))?;
+            }
+            match &node.op {
+                Op::Linear { alpha, .. } if *alpha != 1.0 => write!(f, " α={alpha}")?,
+                Op::Attention { head_dim } => write!(f, " head_dim={head_dim}")?,
+                _ => {}
+            }
+            writeln!(f)?;
+        }
+        write!(f, "  return %{}", self.output)
+    }
+}

@@ -1,0 +1,56 @@
+//! Fold α: `(α·x)·Wᵀ = x·(α·W)ᵀ`, so the width scaling factor moves into the weight's view and the static
+//! network has no extra multiply (POA_SPEC §3).
+
+use crate::pipeline::Pass;
+use poac_ir::{error::Result, Graph, IrError, Op};
+
+/// Multiplies each linear's weight by its α and resets α to 1.
+pub struct FoldAlpha;
+
+impl Pass for FoldAlpha {
+    fn name(&self) -> &'static str {
+        "fold-alpha"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<bool> {
+        let mut changed = false;
+        for i in 0..g.nodes.len() {
+            let Op::Linear { weight, alpha, .. } = g.nodes[i].op else { continue };
+            if alpha == 1.0 {
+                continue;
+            }
+            let shared = g.nodes.iter().filter(|n| n.op.params().contains(&weight)).count() > 1;
+            if shared {
+                let name = &g.params[weight].name;
+                return Err(IrError::Malformed(format!("cannot fold α into `{name}`: the weight is shared")));
+            }
+            g.params[weight].view.scale *= alpha;
+            if let Op::Linear { alpha, .. } = &mut g.nodes[i].op {
+                *alpha = 1.0;
+            }
+            changed = true;
+        }
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{pipeline::testing::tiny_supergraph, specialise::Specialise};
+    use poac_ir::SubnetSpec;
+
+    #[test]
+    fn alpha_moves_into_the_weight_scale() {
+        let mut g = tiny_supergraph();
+        Specialise { subnet: SubnetSpec { width: 4, depth: 1 } }.run(&mut g).unwrap();
+        assert!(FoldAlpha.run(&mut g).unwrap());
+        let scale = |n: &str| g.param_by_name(n).unwrap().view.scale;
+        assert_eq!(scale("blocks.0.attn.qkv.weight"), 3.0);
+        assert_eq!(scale("blocks.0.mlp.fc2.weight"), 3.0);
+        // Biases and norms are not scaled: α multiplies the input, not the output.
+        assert_eq!(scale("blocks.0.attn.qkv.bias"), 1.0);
+        assert_eq!(scale("patch_embed.proj.weight"), 1.0);
+        assert!(!FoldAlpha.run(&mut g).unwrap());
+    }
+}

@@ -1,0 +1,392 @@
+//! Training configuration: a YAML file whose keys follow dinov2/POA (`student.min_embed_dim`, `dino.lambda_ie`,
+//! `crops.local_crops_number`, `optim.base_lr`, ...). Missing keys take the documented defaults below; an unknown
+//! key is an error naming the nearest valid spelling.
+
+use anyhow::{bail, Context, Result};
+use poac_ir::VitArch;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The whole configuration of a pre-training run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The elastic backbone.
+    pub student: StudentConfig,
+    /// DINO head, class-token loss, POA's elastic terms.
+    pub dino: DinoConfig,
+    /// iBOT masked-patch loss.
+    pub ibot: IbotConfig,
+    /// EMA teacher and its temperature.
+    pub teacher: TeacherConfig,
+    /// Optimiser and schedules.
+    pub optim: OptimConfig,
+    /// Multi-crop augmentation.
+    pub crops: CropsConfig,
+    /// Batch, seed, checkpoints.
+    pub train: TrainConfig,
+}
+
+/// `student.*`: the elastic ViT.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StudentConfig {
+    /// Architecture family; only `vit` exists so far.
+    pub arch: String,
+    /// Patch side in pixels.
+    pub patch_size: usize,
+    /// Head dimension, fixed over the elastic space.
+    pub head_dim: usize,
+    /// Smallest embed dim.
+    pub min_embed_dim: usize,
+    /// Largest embed dim (the intact network).
+    pub max_embed_dim: usize,
+    /// Width step in heads.
+    pub width_interval: usize,
+    /// Smallest depth.
+    pub min_depth: usize,
+    /// Largest depth.
+    pub max_depth: usize,
+    /// Depth step.
+    pub depth_interval: usize,
+    /// MLP hidden size / width.
+    pub mlp_ratio: usize,
+    /// LayerScale initial value.
+    pub layerscale: f32,
+}
+
+impl Default for StudentConfig {
+    fn default() -> Self {
+        let a = VitArch::default();
+        StudentConfig {
+            arch: "vit".into(),
+            patch_size: a.patch_size,
+            head_dim: a.head_dim,
+            min_embed_dim: a.min_embed_dim,
+            max_embed_dim: a.max_embed_dim,
+            width_interval: a.width_interval,
+            min_depth: a.min_depth,
+            max_depth: a.max_depth,
+            depth_interval: a.depth_interval,
+            mlp_ratio: a.mlp_ratio,
+            layerscale: a.layerscale_init,
+        }
+    }
+}
+
+/// `dino.*`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DinoConfig {
+    /// Weight of the DINO class-token loss.
+    pub loss_weight: f64,
+    /// Prototypes of the head's last layer.
+    pub head_n_prototypes: usize,
+    /// Hidden size of the head's MLP.
+    pub head_hidden_dim: usize,
+    /// Bottleneck size before the prototypes.
+    pub head_bottleneck_dim: usize,
+    /// Weight of the KoLeo regulariser.
+    pub koleo_loss_weight: f64,
+    /// λ: weight of the intact student's loss; the elastic student's terms get 1 − λ.
+    pub lambda_ie: f64,
+    /// How much more often the smallest sub-network is sampled than the largest (per axis).
+    pub net_select_scale: f64,
+    /// Momentum of the EMA centre of the teacher's outputs.
+    pub center_momentum: f64,
+}
+
+impl Default for DinoConfig {
+    fn default() -> Self {
+        DinoConfig {
+            loss_weight: 1.0,
+            head_n_prototypes: 65536,
+            head_hidden_dim: 2048,
+            head_bottleneck_dim: 256,
+            koleo_loss_weight: 0.1,
+            lambda_ie: 0.8,
+            net_select_scale: 3.0,
+            center_momentum: 0.9,
+        }
+    }
+}
+
+/// `ibot.*`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IbotConfig {
+    /// Weight of the iBOT masked-patch loss.
+    pub loss_weight: f64,
+    /// Fraction of global crops that are masked.
+    pub mask_sample_probability: f64,
+    /// Range of the fraction of patches masked in a masked crop.
+    pub mask_ratio_min_max: [f64; 2],
+    /// Epochs before the iBOT loss starts.
+    pub ibot_activate_epochs: f64,
+}
+
+impl Default for IbotConfig {
+    fn default() -> Self {
+        IbotConfig { loss_weight: 1.0, mask_sample_probability: 0.5, mask_ratio_min_max: [0.1, 0.5], ibot_activate_epochs: 30.0 }
+    }
+}
+
+/// `teacher.*`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherConfig {
+    /// EMA momentum at the start (cosine schedule).
+    pub momentum_teacher: f64,
+    /// EMA momentum at the end.
+    pub final_momentum_teacher: f64,
+    /// Teacher temperature at the start of its warm-up.
+    pub warmup_teacher_temp: f64,
+    /// Teacher temperature after warm-up.
+    pub teacher_temp: f64,
+    /// Epochs of linear temperature warm-up.
+    pub warmup_teacher_temp_epochs: f64,
+    /// Student temperature.
+    pub student_temp: f64,
+}
+
+impl Default for TeacherConfig {
+    fn default() -> Self {
+        TeacherConfig {
+            momentum_teacher: 0.992,
+            final_momentum_teacher: 0.9999,
+            warmup_teacher_temp: 0.04,
+            teacher_temp: 0.07,
+            warmup_teacher_temp_epochs: 30.0,
+            student_temp: 0.1,
+        }
+    }
+}
+
+/// `optim.*`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Length of the run in epochs (an epoch is `train.official_epoch_length` iterations).
+    pub epochs: f64,
+    /// Base learning rate before the batch-size scaling rule.
+    pub base_lr: f64,
+    /// `sqrt_wrt_1024` (lr = base·√(batch/1024)) or `linear_wrt_256` (lr = base·batch/256).
+    pub scaling_rule: String,
+    /// Final learning rate of the cosine schedule.
+    pub min_lr: f64,
+    /// Epochs of linear lr warm-up.
+    pub warmup_epochs: f64,
+    /// Weight decay at the start (cosine schedule).
+    pub weight_decay: f64,
+    /// Weight decay at the end.
+    pub weight_decay_end: f64,
+    /// Gradient clipping by global norm (0 disables).
+    pub clip_grad: f64,
+    /// AdamW β1.
+    pub adamw_beta1: f64,
+    /// AdamW β2.
+    pub adamw_beta2: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            epochs: 100.0,
+            base_lr: 0.004,
+            scaling_rule: "sqrt_wrt_1024".into(),
+            min_lr: 1e-6,
+            warmup_epochs: 10.0,
+            weight_decay: 0.04,
+            weight_decay_end: 0.4,
+            clip_grad: 3.0,
+            adamw_beta1: 0.9,
+            adamw_beta2: 0.999,
+        }
+    }
+}
+
+/// `crops.*`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CropsConfig {
+    /// Area range of the two global crops.
+    pub global_crops_scale: [f64; 2],
+    /// Side of a global crop; also the image size of the lowered model.
+    pub global_crops_size: usize,
+    /// Number of local crops.
+    pub local_crops_number: usize,
+    /// Area range of local crops.
+    pub local_crops_scale: [f64; 2],
+    /// Side of a local crop.
+    pub local_crops_size: usize,
+}
+
+impl Default for CropsConfig {
+    fn default() -> Self {
+        CropsConfig {
+            global_crops_scale: [0.32, 1.0],
+            global_crops_size: 224,
+            local_crops_number: 8,
+            local_crops_scale: [0.05, 0.32],
+            local_crops_size: 96,
+        }
+    }
+}
+
+/// `train.*`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Images per iteration.
+    pub batch_size: usize,
+    /// Iterations per epoch (dinov2's `OFFICIAL_EPOCH_LENGTH`).
+    pub official_epoch_length: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Data-loading threads.
+    pub num_workers: usize,
+    /// Checkpoint every this many iterations (and at the end).
+    pub saveckp_freq: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { batch_size: 64, official_epoch_length: 1250, seed: 0, num_workers: 1, saveckp_freq: 100 }
+    }
+}
+
+impl Config {
+    /// Reads a YAML config; unknown keys are errors, missing keys take defaults, the result is validated.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in config {}", path.display()))
+    }
+
+    /// Parses YAML text (see [`Config::load`]).
+    pub fn parse(text: &str) -> Result<Self> {
+        let value: serde_yaml::Value = serde_yaml::from_str(text).context("not valid YAML")?;
+        let known = serde_yaml::to_value(Config::default()).expect("the default config serialises");
+        check_keys(&value, &known, "")?;
+        let config: Config = serde_yaml::from_value(value).context("a value has the wrong type")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The architecture of the elastic backbone (the image size is the global crop size).
+    pub fn arch(&self) -> VitArch {
+        let s = &self.student;
+        VitArch {
+            img_size: self.crops.global_crops_size,
+            patch_size: s.patch_size,
+            in_chans: 3,
+            head_dim: s.head_dim,
+            min_embed_dim: s.min_embed_dim,
+            max_embed_dim: s.max_embed_dim,
+            width_interval: s.width_interval,
+            min_depth: s.min_depth,
+            max_depth: s.max_depth,
+            depth_interval: s.depth_interval,
+            mlp_ratio: s.mlp_ratio,
+            layerscale_init: s.layerscale,
+            norm_eps: 1e-6,
+        }
+    }
+
+    /// Learning rate after the batch-size scaling rule.
+    pub fn lr(&self) -> f64 {
+        let batch = self.train.batch_size as f64;
+        match self.optim.scaling_rule.as_str() {
+            "linear_wrt_256" => self.optim.base_lr * batch / 256.0,
+            _ => self.optim.base_lr * (batch / 1024.0).sqrt(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.student.arch != "vit" {
+            bail!("student.arch `{}` is not supported; valid: vit", self.student.arch);
+        }
+        self.arch().validate()?;
+        if !["sqrt_wrt_1024", "linear_wrt_256"].contains(&self.optim.scaling_rule.as_str()) {
+            bail!("optim.scaling_rule `{}`; valid: sqrt_wrt_1024, linear_wrt_256", self.optim.scaling_rule);
+        }
+        if self.crops.local_crops_size % self.student.patch_size != 0 {
+            bail!(
+                "crops.local_crops_size {} must be a multiple of student.patch_size {}",
+                self.crops.local_crops_size,
+                self.student.patch_size
+            );
+        }
+        if self.train.batch_size < 2 {
+            bail!("train.batch_size must be at least 2 (KoLeo needs neighbours)");
+        }
+        if !(0.0..=1.0).contains(&self.dino.lambda_ie) {
+            bail!("dino.lambda_ie {} must be in [0, 1]", self.dino.lambda_ie);
+        }
+        let [lo, hi] = self.ibot.mask_ratio_min_max;
+        if !(0.0 <= lo && lo <= hi && hi < 1.0) {
+            bail!("ibot.mask_ratio_min_max [{lo}, {hi}] must satisfy 0 <= min <= max < 1");
+        }
+        for (key, [lo, hi]) in [("crops.global_crops_scale", self.crops.global_crops_scale), ("crops.local_crops_scale", self.crops.local_crops_scale)] {
+            if !(0.0 < lo && lo <= hi && hi <= 1.0) {
+                bail!("{key} [{lo}, {hi}] must satisfy 0 < min <= max <= 1");
+            }
+        }
+        if self.optim.epochs <= 0.0 || self.train.official_epoch_length == 0 {
+            bail!("optim.epochs and train.official_epoch_length must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Fails on the first key of `value` that `known` does not have, suggesting the nearest known key.
+fn check_keys(value: &serde_yaml::Value, known: &serde_yaml::Value, prefix: &str) -> Result<()> {
+    let (Some(map), Some(known_map)) = (value.as_mapping(), known.as_mapping()) else { return Ok(()) };
+    for (key, sub) in map {
+        let key = key.as_str().unwrap_or_default();
+        let path = if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+        match known_map.get(key) {
+            Some(known_sub) => check_keys(sub, known_sub, &path)?,
+            None => {
+                let candidates: Vec<&str> = known_map.keys().filter_map(|k| k.as_str()).collect();
+                let nearest = candidates
+                    .iter()
+                    .min_by(|a, b| strsim::levenshtein(key, a).cmp(&strsim::levenshtein(key, b)))
+                    .map(|n| if prefix.is_empty() { n.to_string() } else { format!("{prefix}.{n}") });
+                match nearest {
+                    Some(n) => bail!("unknown config key `{path}`; did you mean `{n}`? (valid here: {})", candidates.join(", ")),
+                    None => bail!("unknown config key `{path}`"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_name_the_nearest_valid_one() {
+        let err = Config::parse("dino:\n  lambda_ei: 0.5\n").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("`dino.lambda_ei`") && msg.contains("`dino.lambda_ie`"), "{msg}");
+        let err = format!("{:#}", Config::parse("studnet:\n  head_dim: 32\n").unwrap_err());
+        assert!(err.contains("`student`"), "{err}");
+    }
+
+    #[test]
+    fn missing_keys_take_defaults_and_lr_scales() {
+        let c = Config::parse("train:\n  batch_size: 256\n").unwrap();
+        assert_eq!(c.dino.lambda_ie, 0.8);
+        assert!((c.lr() - 0.004 * 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(Config::parse("student:\n  min_embed_dim: 100\n").is_err());
+        assert!(Config::parse("dino:\n  lambda_ie: 1.5\n").is_err());
+        assert!(Config::parse("student:\n  head_dim: [1]\n").is_err());
+        assert!(Config::parse("optim:\n  scaling_rule: cubic\n").is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! The DINO projection head (shared by the class-token and the iBOT patch-token losses): a 3-layer MLP, an
+//! L2-normalised bottleneck and a weight-normalised prototype layer. Its first layer is elastic: a sub-network
+//! of width `w` uses the first `w` input columns, scaled by α = max / w like every elastic linear.
+
+use super::init_tensor;
+use poac_ir::Init;
+use tch::{Device, Tensor};
+
+/// Parameter names of the head, in order (dinov2's keys).
+const NAMES: [&str; 7] =
+    ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "mlp.4.weight", "mlp.4.bias", "last_layer.weight_v"];
+
+/// DINO head parameters.
+pub struct DinoHead {
+    params: Vec<Tensor>,
+    in_dim: i64,
+}
+
+impl DinoHead {
+    /// A fresh head from `in_dim` (the largest width) to `prototypes` outputs.
+    pub fn new(in_dim: usize, hidden: usize, bottleneck: usize, prototypes: usize, device: Device) -> Self {
+        let (i, h, b, k) = (in_dim as i64, hidden as i64, bottleneck as i64, prototypes as i64);
+        let std = Init::TruncNormal(0.02);
+        let zero = Init::Constant(0.0);
+        let shapes: [(&[i64], Init); 7] =
+            [(&[h, i], std), (&[h], zero), (&[h, h], std), (&[h], zero), (&[b, h], std), (&[b], zero), (&[k, b], std)];
+        let params = shapes.iter().map(|(s, init)| init_tensor(s, *init, device)).collect();
+        DinoHead { params, in_dim: i }
+    }
+
+    /// A head from tensors in [`DinoHead::named_params`] order.
+    pub fn from_params(params: Vec<Tensor>) -> Self {
+        let in_dim = params[0].size()[1];
+        DinoHead { params, in_dim }
+    }
+
+    /// `(key, tensor)` pairs.
+    pub fn named_params(&self) -> Vec<(String, &Tensor)> {
+        NAMES.iter().map(|n| n.to_string()).zip(&self.params).collect()
+    }
+
+    /// Parameters in order.
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    /// Turns gradient tracking on or off.
+    pub fn set_requires_grad(&mut self, on: bool) {
+        self.params = self.params.iter().map(|p| p.detach().set_requires_grad(on)).collect();
+    }
+
+    /// Prototype logits `[M, K]` of features `[M, w]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let p = &self.params;
+        let w = x.size()[1];
+        let (first, x) = if w == self.in_dim {
+            (p[0].shallow_clone(), x.shallow_clone())
+        } else {
+            (p[0].narrow(1, 0, w), x * (self.in_dim as f64 / w as f64))
+        };
+        let h = x.linear(&first, Some(&p[1])).gelu("none");
+        let h = h.linear(&p[2], Some(&p[3])).gelu("none");
+        let h = h.linear(&p[4], Some(&p[5]));
+        let h = &h / h.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
+        let prototypes = &p[6] / p[6].norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
+        h.linear(&prototypes, None::<Tensor>)
+    }
+}

@@ -1,0 +1,142 @@
+//! The elastic ViT on libtorch, constructed from the IR supergraph. A forward pass at sub-network `s` runs the
+//! *same* `specialise` pass that `poac lower` runs, then interprets the specialised graph with views of the full
+//! parameters, so training and deployment cannot drift apart.
+
+use super::{init_tensor, view_of};
+use anyhow::{bail, Result};
+use poac_ir::{Graph, Op, SubnetSpec};
+use poac_passes::{specialise::Specialise, Pass};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use tch::{Device, Tensor};
+
+/// Elastic ViT parameters plus the supergraph that says how to use them.
+pub struct ElasticVit {
+    graph: Graph,
+    params: Vec<Tensor>,
+    specialised: RefCell<HashMap<SubnetSpec, Graph>>,
+}
+
+impl ElasticVit {
+    /// Fresh parameters, initialised as the IR says.
+    pub fn new(graph: Graph, device: Device) -> Self {
+        let width = graph.space.max_width();
+        let params = graph
+            .params
+            .iter()
+            .map(|p| {
+                let shape: Vec<i64> = p.shape_at(width).iter().map(|&d| d as i64).collect();
+                init_tensor(&shape, p.init, device)
+            })
+            .collect();
+        ElasticVit { graph, params, specialised: RefCell::default() }
+    }
+
+    /// Parameters from named tensors (weight keys as in the IR); every parameter must be present with its
+    /// supergraph shape.
+    pub fn from_named(graph: Graph, mut named: HashMap<String, Tensor>) -> Result<Self> {
+        let width = graph.space.max_width();
+        let mut params = Vec::with_capacity(graph.params.len());
+        for p in &graph.params {
+            let Some(t) = named.remove(&p.name) else { bail!("the weights have no `{}`", p.name) };
+            let expected: Vec<i64> = p.shape_at(width).iter().map(|&d| d as i64).collect();
+            if t.size() != expected {
+                bail!("`{}` has shape {:?}, the supergraph expects {:?}", p.name, t.size(), expected);
+            }
+            params.push(t);
+        }
+        Ok(ElasticVit { graph, params, specialised: RefCell::default() })
+    }
+
+    /// The supergraph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Parameters in IR order.
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    /// `(weight key, tensor)` pairs, for checkpoints.
+    pub fn named_params(&self) -> Vec<(String, &Tensor)> {
+        self.graph.params.iter().map(|p| p.name.clone()).zip(&self.params).collect()
+    }
+
+    /// Turns gradient tracking on or off for every parameter.
+    pub fn set_requires_grad(&mut self, on: bool) {
+        self.params = self.params.iter().map(|p| p.detach().set_requires_grad(on)).collect();
+    }
+
+    /// Final-normed tokens `[N, 1 + P, w]` of sub-network `subnet` on `images` `[N, 3, H, W]`. `masks` `[N, P]`
+    /// (bool) replaces masked patch tokens by the mask token (iBOT). Images smaller than the configured size
+    /// (local crops) get a bicubically resized position embedding.
+    pub fn forward(&self, images: &Tensor, subnet: SubnetSpec, masks: Option<&Tensor>) -> Tensor {
+        let mut cache = self.specialised.borrow_mut();
+        let graph = cache.entry(subnet).or_insert_with(|| {
+            let mut g = self.graph.clone();
+            Specialise { subnet }.run(&mut g).expect("sub-networks are checked before forward");
+            g
+        });
+        let param = |id: usize| view_of(&self.params[id], &graph.params[id].view);
+        let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
+        for node in &graph.nodes {
+            let x = |i: usize| &values[node.inputs[i]];
+            let out = match node.op {
+                Op::Image => images.shallow_clone(),
+                Op::PatchEmbed { weight, bias, patch } => {
+                    let p = patch as i64;
+                    x(0).conv2d(&param(weight), Some(param(bias)), [p, p], [0, 0], [1, 1], 1).flatten(2, 3).transpose(1, 2)
+                }
+                Op::MaskTokens { mask_token } => match masks {
+                    Some(m) => param(mask_token).where_self(&m.unsqueeze(-1), x(0)),
+                    None => x(0).shallow_clone(),
+                },
+                Op::PrependCls { cls_token } => {
+                    let (n, w) = (x(0).size()[0], subnet.width as i64);
+                    Tensor::cat(&[param(cls_token).expand([n, 1, w], false), x(0).shallow_clone()], 1)
+                }
+                Op::AddPosEmbed { pos_embed } => x(0) + resized_pos_embed(&param(pos_embed), x(0).size()[1] - 1),
+                Op::LayerNorm { weight, bias, eps } => {
+                    x(0).layer_norm([subnet.width as i64], Some(param(weight)), Some(param(bias)), eps as f64, false)
+                }
+                Op::Linear { weight, bias, alpha } => {
+                    let input = if alpha != 1.0 { x(0) * alpha as f64 } else { x(0).shallow_clone() };
+                    input.linear(&param(weight), bias.map(param))
+                }
+                Op::Attention { head_dim } => attention(x(0), head_dim as i64),
+                Op::Gelu => x(0).gelu("none"),
+                Op::LayerScale { gamma } => x(0) * param(gamma),
+                Op::Add => x(0) + x(1),
+                Op::ClsToken => x(0).select(1, 0),
+            };
+            values.push(out);
+        }
+        values.swap_remove(graph.output)
+    }
+}
+
+/// Multi-head self-attention on packed qkv `[N, T, 3w]`.
+fn attention(qkv: &Tensor, head_dim: i64) -> Tensor {
+    let size = qkv.size();
+    let (n, t, width) = (size[0], size[1], size[2] / 3);
+    let qkv = qkv.view([n, t, 3, width / head_dim, head_dim]).permute([2, 0, 3, 1, 4]);
+    let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+    let scale = (head_dim as f64).powf(-0.5);
+    let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, scale, false);
+    out.transpose(1, 2).reshape([n, t, width])
+}
+
+/// The position embedding `[1, 1 + P, w]` for `patches` patch tokens: itself, or its patch grid resized
+/// bicubically (as dinov2 does for local crops).
+fn resized_pos_embed(pos: &Tensor, patches: i64) -> Tensor {
+    let size = pos.size();
+    let (stored, width) = (size[1] - 1, size[2]);
+    if stored == patches {
+        return pos.shallow_clone();
+    }
+    let (from, to) = ((stored as f64).sqrt() as i64, (patches as f64).sqrt() as i64);
+    let grid = pos.narrow(1, 1, stored).reshape([1, from, from, width]).permute([0, 3, 1, 2]);
+    let resized = grid.upsample_bicubic2d([to, to], false, None, None).permute([0, 2, 3, 1]).reshape([1, to * to, width]);
+    Tensor::cat(&[pos.narrow(1, 0, 1), resized], 1)
+}

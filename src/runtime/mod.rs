@@ -1,0 +1,45 @@
+//! Inference runtimes behind one trait: ONNX Runtime (`ort`) and `tract`. Evaluations only see [`Runtime`].
+
+mod onnxruntime;
+mod tract;
+
+use anyhow::{bail, Result};
+use std::path::Path;
+
+/// Runs a lowered model: images `[n, 3, H, W]` (normalised) in, one output tensor out.
+pub trait Runtime {
+    /// `ort` or `tract`.
+    fn name(&self) -> &'static str;
+    /// The model's first output for a batch of `n` images, and its shape.
+    fn run(&mut self, images: &[f32], n: usize) -> Result<(Vec<usize>, Vec<f32>)>;
+}
+
+/// Which runtime to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// ONNX Runtime through the `ort` crate (shared library from the set-up cache).
+    Ort,
+    /// tract, pure Rust.
+    Tract,
+}
+
+impl RuntimeKind {
+    /// Opens `model` in this runtime. `image_size` is the model's input side (tract plans for a fixed shape).
+    pub fn open(self, model: &Path, image_size: usize) -> Result<Box<dyn Runtime>> {
+        if !model.exists() {
+            bail!("model {} does not exist", model.display());
+        }
+        Ok(match self {
+            RuntimeKind::Ort => Box::new(onnxruntime::OrtRuntime::open(model)?),
+            RuntimeKind::Tract => Box::new(tract::TractRuntime::open(model, image_size)?),
+        })
+    }
+
+    /// The runtime's name as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::Ort => "ort",
+            RuntimeKind::Tract => "tract",
+        }
+    }
+}

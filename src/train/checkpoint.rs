@@ -1,0 +1,113 @@
+//! Checkpoints: a folder `RUN/checkpoint/` holding the supergraph (`supergraph.json`), the teacher backbone in
+//! dinov2/timm keys (`teacher.safetensors`, what `poac lower` deploys), the rest of the training state
+//! (`train_state.safetensors`: students, heads, AdamW moments, centres) and `state.json`. It is written to a
+//! temporary folder and swapped in by renames, so a kill at any moment leaves a complete checkpoint.
+
+use anyhow::{bail, Context, Result};
+use poac_ir::Graph;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// Name of the checkpoint folder inside a run.
+pub const CHECKPOINT: &str = "checkpoint";
+/// The supergraph file.
+pub const SUPERGRAPH: &str = "supergraph.json";
+/// The teacher backbone weights.
+pub const TEACHER: &str = "teacher.safetensors";
+const TRAIN_STATE: &str = "train_state.safetensors";
+const STATE: &str = "state.json";
+const PREVIOUS: &str = ".checkpoint.old";
+const PARTIAL: &str = ".checkpoint.tmp";
+
+/// Scalar progress of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Progress {
+    /// Iterations done.
+    pub iteration: u64,
+    /// Iterations the schedules are stretched over.
+    pub total_iters: u64,
+    /// AdamW steps taken.
+    pub adam_step: i64,
+    /// Seed of the run.
+    pub seed: u64,
+    /// Training seconds so far.
+    pub elapsed_s: f64,
+}
+
+/// Everything a checkpoint holds.
+pub struct Checkpoint {
+    /// The supergraph.
+    pub graph: Graph,
+    /// Teacher backbone tensors by weight key.
+    pub teacher: HashMap<String, Tensor>,
+    /// Other training tensors by key (`student.*`, `student_head.*`, `teacher_head.*`, `adam.m.*`, ...).
+    pub train_state: HashMap<String, Tensor>,
+    /// Progress.
+    pub progress: Progress,
+}
+
+/// The checkpoint folder of `path`: `path` itself if it holds a supergraph, else `path/checkpoint` (or the
+/// previous checkpoint if a kill interrupted the swap).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join(SUPERGRAPH).exists() {
+        return Ok(path.to_path_buf());
+    }
+    for name in [CHECKPOINT, PREVIOUS] {
+        if path.join(name).join(SUPERGRAPH).exists() {
+            return Ok(path.join(name));
+        }
+    }
+    if !path.exists() {
+        bail!("{} does not exist (give a run folder written by `poac pretrain`, or its checkpoint folder)", path.display());
+    }
+    bail!("{} holds no poac checkpoint (no {SUPERGRAPH} in it or in {CHECKPOINT}/)", path.display())
+}
+
+/// Reads the supergraph of a checkpoint folder.
+pub fn read_graph(dir: &Path) -> Result<Graph> {
+    let text = std::fs::read_to_string(dir.join(SUPERGRAPH)).with_context(|| format!("cannot read {}", dir.join(SUPERGRAPH).display()))?;
+    Graph::from_json(&text).with_context(|| format!("in {}", dir.join(SUPERGRAPH).display()))
+}
+
+fn write_tensors(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
+    let contiguous: Vec<(String, Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
+    Tensor::write_safetensors(&contiguous, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    Ok(Tensor::read_safetensors(path).with_context(|| format!("cannot read {}", path.display()))?.into_iter().collect())
+}
+
+/// Writes a checkpoint into `run/checkpoint` atomically.
+pub fn save(run: &Path, graph: &Graph, teacher: &[(String, &Tensor)], train_state: &[(String, &Tensor)], progress: &Progress) -> Result<()> {
+    let partial = run.join(PARTIAL);
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)?;
+    }
+    std::fs::create_dir_all(&partial)?;
+    std::fs::write(partial.join(SUPERGRAPH), graph.to_json())?;
+    write_tensors(&partial.join(TEACHER), teacher)?;
+    write_tensors(&partial.join(TRAIN_STATE), train_state)?;
+    std::fs::write(partial.join(STATE), serde_json::to_string_pretty(progress)?)?;
+    let (current, previous) = (run.join(CHECKPOINT), run.join(PREVIOUS));
+    if previous.exists() {
+        std::fs::remove_dir_all(&previous)?;
+    }
+    if current.exists() {
+        std::fs::rename(&current, &previous)?;
+    }
+    std::fs::rename(&partial, &current)?;
+    if previous.exists() {
+        std::fs::remove_dir_all(&previous)?;
+    }
+    Ok(())
+}
+
+/// Reads the checkpoint of a run (or of a checkpoint folder).
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let dir = resolve(path)?;
+    let progress: Progress = serde_json::from_str(&std::fs::read_to_string(dir.join(STATE)).with_context(|| format!("cannot read {}", dir.join(STATE).display()))?)?;
+    Ok(Checkpoint { graph: read_graph(&dir)?, teacher: read_tensors(&dir.join(TEACHER))?, train_state: read_tensors(&dir.join(TRAIN_STATE))?, progress })
+}

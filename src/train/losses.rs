@@ -1,0 +1,125 @@
+//! POA's loss terms (POA_SPEC §5): DINO cross-view class-token loss, iBOT masked-patch loss, KoLeo, the
+//! intact→elastic distillation, and the teacher's EMA centring.
+
+use tch::{Kind, Tensor};
+
+/// `mean_rows(−Σ_k target · log_softmax(student / temp))`.
+pub fn cross_entropy(target: &Tensor, student_logits: &Tensor, student_temp: f64) -> Tensor {
+    -(target * (student_logits / student_temp).log_softmax(-1, Kind::Float)).sum_dim_intlist(-1, false, Kind::Float).mean(Kind::Float)
+}
+
+/// DINO loss over views: the teacher's two global views (crop-major `[2B, K]` probabilities) against every
+/// *other* student view (its two globals `[2B, K]` and `n` locals `[nB, K]`), averaged over the view pairs.
+pub fn dino_loss(teacher: &Tensor, student_global: &Tensor, student_local: &Tensor, batch: i64, student_temp: f64) -> Tensor {
+    let teacher_views = teacher.split(batch, 0);
+    let global_views = student_global.split(batch, 0);
+    let local_views = student_local.split(batch, 0);
+    let mut total = Tensor::zeros([], (Kind::Float, teacher.device()));
+    let mut pairs = 0;
+    for (t, tv) in teacher_views.iter().enumerate() {
+        for (s, sv) in global_views.iter().enumerate() {
+            if s != t {
+                total += cross_entropy(tv, sv, student_temp);
+                pairs += 1;
+            }
+        }
+        for lv in &local_views {
+            total += cross_entropy(tv, lv, student_temp);
+            pairs += 1;
+        }
+    }
+    total / pairs as f64
+}
+
+/// iBOT loss on masked patch tokens: each token's cross-entropy weighted by 1 / (masked tokens of its crop),
+/// summed, divided by the number of global crops.
+pub fn ibot_loss(teacher: &Tensor, student_logits: &Tensor, token_weights: &Tensor, crops: i64, student_temp: f64) -> Tensor {
+    let per_token = -(teacher * (student_logits / student_temp).log_softmax(-1, Kind::Float)).sum_dim_intlist(-1, false, Kind::Float);
+    (per_token * token_weights).sum(Kind::Float) / crops as f64
+}
+
+/// KoLeo regulariser on features `[B, D]`: `−mean log(distance to the nearest neighbour)` of the L2-normalised
+/// features; spreads the batch over the sphere.
+pub fn koleo_loss(features: &Tensor) -> Tensor {
+    let x = features / features.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-8);
+    let n = x.size()[0];
+    let eye = Tensor::eye(n, (Kind::Bool, x.device()));
+    let dots = x.matmul(&x.tr()).masked_fill(&eye, -2.0);
+    let nearest = dots.argmax(-1, false);
+    let distances = (&x - x.index_select(0, &nearest)).norm_scalaropt_dim(2, [-1], false);
+    -(distances + 1e-8).log().mean(Kind::Float)
+}
+
+/// The teacher's EMA centre (DINO): probabilities are `softmax((logits − centre) / temp)`, and the centre moves
+/// towards the batch mean of the logits after each step.
+pub struct Centering {
+    /// The centre `[1, K]`.
+    pub center: Tensor,
+    momentum: f64,
+}
+
+impl Centering {
+    /// A zero centre over `k` prototypes.
+    pub fn new(k: i64, momentum: f64, device: tch::Device) -> Self {
+        Centering { center: Tensor::zeros([1, k], (Kind::Float, device)), momentum }
+    }
+
+    /// Centred, sharpened probabilities of teacher logits `[M, K]`.
+    pub fn probs(&self, logits: &Tensor, temp: f64) -> Tensor {
+        ((logits - &self.center) / temp).softmax(-1, Kind::Float)
+    }
+
+    /// Moves the centre towards the mean of `logits`.
+    pub fn update(&mut self, logits: &Tensor) {
+        if logits.size()[0] == 0 {
+            return;
+        }
+        let mean = logits.mean_dim(0, true, Kind::Float);
+        self.center = &self.center * self.momentum + mean * (1.0 - self.momentum);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scalar(t: &Tensor) -> f64 {
+        t.double_value(&[])
+    }
+
+    #[test]
+    fn cross_entropy_of_a_uniform_student_is_log_k() {
+        let target = Tensor::from_slice(&[0.7f32, 0.2, 0.1]).view([1, 3]);
+        let student = Tensor::zeros([1, 3], (Kind::Float, tch::Device::Cpu));
+        assert!((scalar(&cross_entropy(&target, &student, 0.1)) - 3f64.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn dino_loss_averages_over_the_other_views() {
+        // B = 1, 2 globals, 1 local; uniform teacher → every pair costs log K → the mean is log K.
+        let k = 4;
+        let teacher = Tensor::full([2, k], 0.25, (Kind::Float, tch::Device::Cpu));
+        let student = Tensor::randn([2, k], (Kind::Float, tch::Device::Cpu));
+        let local = Tensor::randn([1, k], (Kind::Float, tch::Device::Cpu));
+        let loss = scalar(&dino_loss(&teacher, &student, &local, 1, 0.1));
+        // Hand-computed: pairs (t0,s1), (t0,l0), (t1,s0), (t1,l0).
+        let ce = |s: &Tensor| scalar(&cross_entropy(&teacher.get(0).view([1, k]), &s.view([1, k]), 0.1));
+        let expected = (ce(&student.get(1)) + ce(&local.get(0)) + ce(&student.get(0)) + ce(&local.get(0))) / 4.0;
+        assert!((loss - expected).abs() < 1e-5);
+    }
+
+    #[test]
+    fn koleo_of_points_on_a_circle() {
+        // Four unit vectors at 90°: each nearest neighbour is √2 away → loss = −ln √2.
+        let x = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0, -1.0]).view([4, 2]);
+        assert!((scalar(&koleo_loss(&x)) + 2f64.sqrt().ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn centre_moves_by_ema() {
+        let mut c = Centering::new(2, 0.9, tch::Device::Cpu);
+        c.update(&Tensor::from_slice(&[1.0f32, 3.0, 3.0, 5.0]).view([2, 2]));
+        let got: Vec<f32> = Vec::try_from(c.center.view([-1])).unwrap();
+        assert!((got[0] - 0.2).abs() < 1e-6 && (got[1] - 0.4).abs() < 1e-6);
+    }
+}
