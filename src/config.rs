@@ -243,15 +243,25 @@ pub struct TrainConfig {
     pub official_epoch_length: usize,
     /// Seed of every random choice.
     pub seed: u64,
-    /// Data-loading threads.
+    /// Data-loading threads; 0 builds batches on the training thread (best when cores are few).
     pub num_workers: usize,
     /// Checkpoint every this many iterations (and at the end).
     pub saveckp_freq: usize,
+    /// `fp32`, or `bf16` for mixed precision (matmuls in bfloat16; parameters, norms, softmax and the residual
+    /// stream in f32). bf16 is about 2× faster on CPUs with AVX-512 BF16.
+    pub compute_precision: String,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { batch_size: 64, official_epoch_length: 1250, seed: 0, num_workers: 1, saveckp_freq: 100 }
+        TrainConfig {
+            batch_size: 64,
+            official_epoch_length: 1250,
+            seed: 0,
+            num_workers: 1,
+            saveckp_freq: 100,
+            compute_precision: "fp32".into(),
+        }
     }
 }
 
@@ -301,11 +311,22 @@ impl Config {
         }
     }
 
+    /// The libtorch kind matmuls run in.
+    pub fn compute_kind(&self) -> tch::Kind {
+        match self.train.compute_precision.as_str() {
+            "bf16" => tch::Kind::BFloat16,
+            _ => tch::Kind::Float,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         if self.student.arch != "vit" {
             bail!("student.arch `{}` is not supported; valid: vit", self.student.arch);
         }
         self.arch().validate()?;
+        if !["fp32", "bf16"].contains(&self.train.compute_precision.as_str()) {
+            bail!("train.compute_precision `{}`; valid: fp32, bf16", self.train.compute_precision);
+        }
         if !["sqrt_wrt_1024", "linear_wrt_256"].contains(&self.optim.scaling_rule.as_str()) {
             bail!("optim.scaling_rule `{}`; valid: sqrt_wrt_1024, linear_wrt_256", self.optim.scaling_rule);
         }

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `poac` command line; see `poac --help`.
+
+fn main() -> std::process::ExitCode {
+    poac::cli::main()
+}

@@ -5,7 +5,7 @@ use poac_ir::{error::Result, Graph, Op};
 
 /// Which tokens the model returns.
 pub enum SelectOutput {
-    /// The class token `[N, D]` (what k-NN and linear probes use).
+    /// The class token `[N, D]` (what k-NN and linear probes use), as the output named `embedding`.
     ClsToken,
 }
 
@@ -20,7 +20,7 @@ impl Pass for SelectOutput {
                 if matches!(g.nodes[g.output].op, Op::ClsToken) {
                     return Ok(false);
                 }
-                g.output = g.push("cls_token", Op::ClsToken, vec![g.output], None);
+                g.output = g.push("embedding", Op::ClsToken, vec![g.output], None);
                 Ok(true)
             }
         }

@@ -6,7 +6,7 @@ use super::image_io::{decode, RgbImage};
 use super::index::Entry;
 use super::mask::batch_masks;
 use crossbeam_channel::{bounded, Receiver};
-use rand::{seq::SliceRandom, Rng, SeedableRng};
+use rand::{seq::SliceRandom, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +52,8 @@ pub struct CropBatch {
 /// Streams training batches for iterations `start..`; batch `t` depends only on the seed and `t`, so a resumed
 /// run sees the same data as an uninterrupted one.
 pub struct TrainLoader {
+    /// Set when batches are built on the calling thread (`workers == 0`).
+    inline: Option<(Arc<(PathBuf, Vec<Entry>, MultiCropSpec)>, EpochOrder, u64)>,
     receiver: Receiver<(u64, CropBatch)>,
     pending: BTreeMap<u64, CropBatch>,
     next: u64,
@@ -62,14 +64,22 @@ pub struct TrainLoader {
 }
 
 impl TrainLoader {
-    /// Starts `workers` threads producing batches from iteration `start`.
+    /// Starts `workers` threads producing batches from iteration `start`. With `workers == 0` batches are built
+    /// on the calling thread when asked for: on a machine with as many cores as libtorch threads, a loader
+    /// thread preempts libtorch's spinning workers and costs far more than the few milliseconds it computes.
     pub fn start(root: &Path, entries: Vec<Entry>, spec: MultiCropSpec, seed: u64, start: u64, workers: usize) -> Self {
         let (sender, receiver) = bounded(2 * workers.max(1) + 2);
         let stop = Arc::new(AtomicBool::new(false));
         let counter = Arc::new(AtomicU64::new(start));
         let skipped_total = Arc::new(AtomicUsize::new(0));
+        let batch_size = spec.batch_size;
         let shared = Arc::new((root.to_path_buf(), entries, spec));
-        let handles = (0..workers.max(1))
+        if workers == 0 {
+            let order = EpochOrder::new(shared.1.len(), batch_size, seed);
+            let inline = Some((shared, order, seed));
+            return TrainLoader { inline, receiver, pending: BTreeMap::new(), next: start, stop, workers: Vec::new(), skipped_total };
+        }
+        let handles = (0..workers)
             .map(|_| {
                 let (sender, stop, counter, shared) = (sender.clone(), stop.clone(), counter.clone(), shared.clone());
                 std::thread::spawn(move || {
@@ -85,11 +95,18 @@ impl TrainLoader {
                 })
             })
             .collect();
-        TrainLoader { receiver, pending: BTreeMap::new(), next: start, stop, workers: handles, skipped_total }
+        TrainLoader { inline: None, receiver, pending: BTreeMap::new(), next: start, stop, workers: handles, skipped_total }
     }
 
     /// The batch of the next iteration, in order.
     pub fn next_batch(&mut self) -> CropBatch {
+        if let Some((shared, order, seed)) = &mut self.inline {
+            let (root, entries, spec) = &**shared;
+            let batch = build_batch(root, entries, spec, order.batch(self.next), *seed, self.next);
+            self.next += 1;
+            self.skipped_total.fetch_add(batch.skipped, Ordering::Relaxed);
+            return batch;
+        }
         loop {
             if let Some(batch) = self.pending.remove(&self.next) {
                 self.next += 1;

@@ -1,10 +1,11 @@
 //! The DINO projection head (shared by the class-token and the iBOT patch-token losses): a 3-layer MLP, an
 //! L2-normalised bottleneck and a weight-normalised prototype layer. Its first layer is elastic: a sub-network
-//! of width `w` uses the first `w` input columns, scaled by α = max / w like every elastic linear.
+//! of width `w` uses the first `w` input columns, scaled by α = max / w like every elastic linear (the scale is
+//! applied to the weight, which is smaller than the activations).
 
 use super::init_tensor;
 use poac_ir::Init;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Parameter names of the head, in order (dinov2's keys).
 const NAMES: [&str; 7] =
@@ -14,6 +15,7 @@ const NAMES: [&str; 7] =
 pub struct DinoHead {
     params: Vec<Tensor>,
     in_dim: i64,
+    compute_kind: Kind,
 }
 
 impl DinoHead {
@@ -25,13 +27,13 @@ impl DinoHead {
         let shapes: [(&[i64], Init); 7] =
             [(&[h, i], std), (&[h], zero), (&[h, h], std), (&[h], zero), (&[b, h], std), (&[b], zero), (&[k, b], std)];
         let params = shapes.iter().map(|(s, init)| init_tensor(s, *init, device)).collect();
-        DinoHead { params, in_dim: i }
+        DinoHead { params, in_dim: i, compute_kind: Kind::Float }
     }
 
     /// A head from tensors in [`DinoHead::named_params`] order.
     pub fn from_params(params: Vec<Tensor>) -> Self {
         let in_dim = params[0].size()[1];
-        DinoHead { params, in_dim }
+        DinoHead { params, in_dim, compute_kind: Kind::Float }
     }
 
     /// `(key, tensor)` pairs.
@@ -49,18 +51,22 @@ impl DinoHead {
         self.params = self.params.iter().map(|p| p.detach().set_requires_grad(on)).collect();
     }
 
-    /// Prototype logits `[M, K]` of features `[M, w]`.
+    /// Runs the MLP's matmuls in `kind` (mixed precision, see `ElasticVit::set_compute_kind`); the
+    /// normalisations and the prototype layer stay f32.
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute_kind = kind;
+    }
+
+    /// Prototype logits `[M, K]` (f32) of features `[M, w]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let p = &self.params;
+        let kind = self.compute_kind;
         let w = x.size()[1];
-        let (first, x) = if w == self.in_dim {
-            (p[0].shallow_clone(), x.shallow_clone())
-        } else {
-            (p[0].narrow(1, 0, w), x * (self.in_dim as f64 / w as f64))
-        };
-        let h = x.linear(&first, Some(&p[1])).gelu("none");
-        let h = h.linear(&p[2], Some(&p[3])).gelu("none");
-        let h = h.linear(&p[4], Some(&p[5]));
+        let first = if w == self.in_dim { p[0].shallow_clone() } else { p[0].narrow(1, 0, w) * (self.in_dim as f64 / w as f64) };
+        let linear = |x: &Tensor, weight: &Tensor, bias: &Tensor| x.to_kind(kind).linear(&weight.to_kind(kind), Some(bias.to_kind(kind)));
+        let h = linear(x, &first, &p[1]).gelu("none");
+        let h = linear(&h, &p[2], &p[3]).gelu("none");
+        let h = linear(&h, &p[4], &p[5]).to_kind(Kind::Float);
         let h = &h / h.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
         let prototypes = &p[6] / p[6].norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
         h.linear(&prototypes, None::<Tensor>)

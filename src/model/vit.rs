@@ -8,13 +8,43 @@ use poac_ir::{Graph, Op, SubnetSpec};
 use poac_passes::{specialise::Specialise, Pass};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Elastic ViT parameters plus the supergraph that says how to use them.
 pub struct ElasticVit {
     graph: Graph,
     params: Vec<Tensor>,
-    specialised: RefCell<HashMap<SubnetSpec, Graph>>,
+    specialised: RefCell<HashMap<SubnetSpec, Specialised>>,
+    compute_kind: Kind,
+}
+
+/// A specialised graph, with the LayerScales that are folded into the linear before them at run time:
+/// `γ ⊙ (x·Wᵀ + b) = x·(γ ⊙ W)ᵀ + γ ⊙ b` saves a pass over the activations, forward and backward.
+struct Specialised {
+    graph: Graph,
+    /// `scaled_by[i]`: the gamma folded into linear node `i`.
+    scaled_by: Vec<Option<usize>>,
+    /// LayerScale nodes whose gamma is folded: they pass their input through.
+    folded: Vec<bool>,
+}
+
+impl Specialised {
+    fn new(mut graph: Graph, subnet: SubnetSpec) -> Self {
+        Specialise { subnet }.run(&mut graph).expect("sub-networks are checked before forward");
+        let n = graph.nodes.len();
+        let mut consumers = vec![0usize; n];
+        graph.nodes.iter().flat_map(|node| &node.inputs).for_each(|&v| consumers[v] += 1);
+        let (mut scaled_by, mut folded) = (vec![None; n], vec![false; n]);
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if let (Op::LayerScale { gamma }, [input]) = (&node.op, node.inputs.as_slice()) {
+                if matches!(graph.nodes[*input].op, Op::Linear { .. }) && consumers[*input] == 1 {
+                    scaled_by[*input] = Some(*gamma);
+                    folded[i] = true;
+                }
+            }
+        }
+        Specialised { graph, scaled_by, folded }
+    }
 }
 
 impl ElasticVit {
@@ -29,7 +59,7 @@ impl ElasticVit {
                 init_tensor(&shape, p.init, device)
             })
             .collect();
-        ElasticVit { graph, params, specialised: RefCell::default() }
+        ElasticVit { graph, params, specialised: RefCell::default(), compute_kind: Kind::Float }
     }
 
     /// Parameters from named tensors (weight keys as in the IR); every parameter must be present with its
@@ -45,7 +75,13 @@ impl ElasticVit {
             }
             params.push(t);
         }
-        Ok(ElasticVit { graph, params, specialised: RefCell::default() })
+        Ok(ElasticVit { graph, params, specialised: RefCell::default(), compute_kind: Kind::Float })
+    }
+
+    /// Runs the matmuls and convolutions in `kind` (e.g. `BFloat16` for mixed precision: parameters, norms
+    /// and the residual stream stay f32, as autocast does). `Float` is exact f32.
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute_kind = kind;
     }
 
     /// The supergraph.
@@ -73,20 +109,20 @@ impl ElasticVit {
     /// (local crops) get a bicubically resized position embedding.
     pub fn forward(&self, images: &Tensor, subnet: SubnetSpec, masks: Option<&Tensor>) -> Tensor {
         let mut cache = self.specialised.borrow_mut();
-        let graph = cache.entry(subnet).or_insert_with(|| {
-            let mut g = self.graph.clone();
-            Specialise { subnet }.run(&mut g).expect("sub-networks are checked before forward");
-            g
-        });
+        let plan = cache.entry(subnet).or_insert_with(|| Specialised::new(self.graph.clone(), subnet));
+        let graph = &plan.graph;
         let param = |id: usize| view_of(&self.params[id], &graph.params[id].view);
+        let kind = self.compute_kind;
+        let low = |t: &Tensor| if t.kind() == kind { t.shallow_clone() } else { t.to_kind(kind) };
         let mut values: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
-        for node in &graph.nodes {
+        for (index, node) in graph.nodes.iter().enumerate() {
             let x = |i: usize| &values[node.inputs[i]];
             let out = match node.op {
                 Op::Image => images.shallow_clone(),
                 Op::PatchEmbed { weight, bias, patch } => {
                     let p = patch as i64;
-                    x(0).conv2d(&param(weight), Some(param(bias)), [p, p], [0, 0], [1, 1], 1).flatten(2, 3).transpose(1, 2)
+                    let patches = low(x(0)).conv2d(&low(&param(weight)), Some(low(&param(bias))), [p, p], [0, 0], [1, 1], 1);
+                    patches.flatten(2, 3).transpose(1, 2).to_kind(Kind::Float)
                 }
                 Op::MaskTokens { mask_token } => match masks {
                     Some(m) => param(mask_token).where_self(&m.unsqueeze(-1), x(0)),
@@ -101,11 +137,18 @@ impl ElasticVit {
                     x(0).layer_norm([subnet.width as i64], Some(param(weight)), Some(param(bias)), eps as f64, false)
                 }
                 Op::Linear { weight, bias, alpha } => {
-                    let input = if alpha != 1.0 { x(0) * alpha as f64 } else { x(0).shallow_clone() };
-                    input.linear(&param(weight), bias.map(param))
+                    // (α·x)·Wᵀ computed as x·(α·W)ᵀ: the weight is far smaller than the activations.
+                    let mut weight = if alpha != 1.0 { param(weight) * alpha as f64 } else { param(weight) };
+                    let mut bias = bias.map(param);
+                    if let Some(gamma) = plan.scaled_by[index].map(param) {
+                        weight = weight * gamma.unsqueeze(1);
+                        bias = bias.map(|b| b * gamma);
+                    }
+                    low(x(0)).linear(&low(&weight), bias.map(|b| low(&b)))
                 }
                 Op::Attention { head_dim } => attention(x(0), head_dim as i64),
                 Op::Gelu => x(0).gelu("none"),
+                Op::LayerScale { .. } if plan.folded[index] => x(0).shallow_clone(),
                 Op::LayerScale { gamma } => x(0) * param(gamma),
                 Op::Add => x(0) + x(1),
                 Op::ClsToken => x(0).select(1, 0),
@@ -123,7 +166,10 @@ fn attention(qkv: &Tensor, head_dim: i64) -> Tensor {
     let qkv = qkv.view([n, t, 3, width / head_dim, head_dim]).permute([2, 0, 3, 1, 4]);
     let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
     let scale = (head_dim as f64).powf(-0.5);
-    let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, scale, false);
+    // Softmax in f32 whatever the compute kind (as autocast does); libtorch's fused CPU attention is as fast in
+    // f32 but far slower in bf16 backward, so the three steps are spelled out.
+    let probs = (&q * scale).matmul(&k.transpose(-2, -1)).softmax(-1, Kind::Float).to_kind(q.kind());
+    let out = probs.matmul(&v);
     out.transpose(1, 2).reshape([n, t, width])
 }
 

@@ -11,20 +11,14 @@ pub fn cross_entropy(target: &Tensor, student_logits: &Tensor, student_temp: f64
 /// DINO loss over views: the teacher's two global views (crop-major `[2B, K]` probabilities) against every
 /// *other* student view (its two globals `[2B, K]` and `n` locals `[nB, K]`), averaged over the view pairs.
 pub fn dino_loss(teacher: &Tensor, student_global: &Tensor, student_local: &Tensor, batch: i64, student_temp: f64) -> Tensor {
-    let teacher_views = teacher.split(batch, 0);
-    let global_views = student_global.split(batch, 0);
-    let local_views = student_local.split(batch, 0);
+    let log_probs = |x: &Tensor| (x / student_temp).log_softmax(-1, Kind::Float).split(batch, 0);
+    let (global_views, local_views) = (log_probs(student_global), log_probs(student_local));
     let mut total = Tensor::zeros([], (Kind::Float, teacher.device()));
     let mut pairs = 0;
-    for (t, tv) in teacher_views.iter().enumerate() {
-        for (s, sv) in global_views.iter().enumerate() {
-            if s != t {
-                total += cross_entropy(tv, sv, student_temp);
-                pairs += 1;
-            }
-        }
-        for lv in &local_views {
-            total += cross_entropy(tv, lv, student_temp);
+    for (t, tv) in teacher.split(batch, 0).iter().enumerate() {
+        let others = global_views.iter().enumerate().filter(|(s, _)| *s != t).map(|(_, v)| v).chain(&local_views);
+        for view in others {
+            total -= (tv * view).sum_dim_intlist(-1, false, Kind::Float).mean(Kind::Float);
             pairs += 1;
         }
     }

@@ -225,7 +225,12 @@ impl Poa {
         Ok(Self::assemble(config, student, student_head, teacher, teacher_head, device))
     }
 
-    fn assemble(config: Config, student: ElasticVit, student_head: DinoHead, teacher: ElasticVit, teacher_head: DinoHead, device: Device) -> Self {
+    fn assemble(config: Config, mut student: ElasticVit, mut student_head: DinoHead, mut teacher: ElasticVit, mut teacher_head: DinoHead, device: Device) -> Self {
+        let kind = config.compute_kind();
+        student.set_compute_kind(kind);
+        teacher.set_compute_kind(kind);
+        student_head.set_compute_kind(kind);
+        teacher_head.set_compute_kind(kind);
         let names: Vec<String> = student.named_params().into_iter().chain(student_head.named_params()).map(|(k, _)| k).collect();
         // dinov2: no weight decay on biases, norms and LayerScale gammas.
         let decay = names.iter().map(|n| !(n.ends_with(".bias") || n.contains("norm") || n.contains("gamma"))).collect();
@@ -410,7 +415,11 @@ impl Poa {
 fn clip_grad_norm(params: &[Tensor], max_norm: f64) {
     no_grad(|| {
         let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
-        let total: f64 = grads.iter().map(|g| g.pow_tensor_scalar(2).sum(Kind::Float).double_value(&[])).sum::<f64>().sqrt();
+        if grads.is_empty() {
+            return;
+        }
+        let squares: Vec<Tensor> = grads.iter().map(|g| g.pow_tensor_scalar(2).sum(Kind::Float)).collect();
+        let total = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[]);
         if total > max_norm {
             let factor = max_norm / (total + 1e-6);
             for g in grads {

@@ -33,6 +33,9 @@ pub struct EmitOptions {
 /// linear is one `MatMul` + `Add`.
 pub fn emit(g: &Graph, weights: &dyn Weights, options: &EmitOptions) -> Result<ModelProto> {
     let subnet = g.subnet.ok_or_else(|| IrError::Malformed("emit needs a specialised graph; run specialise".into()))?;
+    if let Some(clash) = g.nodes.iter().find(|n| g.param_by_name(&n.name).is_some()) {
+        return Err(IrError::Malformed(format!("node `{}` has the name of a parameter; ONNX values must be unique", clash.name)));
+    }
     let mut e = Emitter { g, weights, nodes: Vec::new(), initializers: Vec::new(), names: HashSet::new() };
     let mut values: Vec<String> = Vec::with_capacity(g.nodes.len());
     for node in &g.nodes {
@@ -322,7 +325,7 @@ mod tests {
         let norm_index = super_graph.params.iter().position(|p| p.name == "norm.weight").unwrap() as f32;
         assert_eq!(init("norm.weight").to_f32(), (0..4).map(|j| norm_index + j as f32 / 1000.0).collect::<Vec<_>>());
         assert!(graph.initializer.iter().all(|t| t.name != "mask_token" && !t.name.starts_with("blocks.1.")));
-        assert_eq!(graph.output[0].name, "cls_token");
+        assert_eq!(graph.output[0].name, "embedding");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,0 +1,105 @@
+//! `poac pretrain`.
+
+use crate::train::{pretrain, PretrainOptions};
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// YAML config (keys as in dinov2/POA; see configs/).
+    #[arg(long)]
+    config: PathBuf,
+    /// Dataset root in ImageNet layout.
+    #[arg(long)]
+    data: PathBuf,
+    /// Run folder: checkpoint/, metrics.jsonl, config.yaml.
+    #[arg(long)]
+    output: PathBuf,
+    /// Iterations to train (the schedules are stretched over them). 0 writes the initial (random) weights.
+    #[arg(long)]
+    max_iters: Option<u64>,
+    /// Training time, e.g. 900s, 15m, 1h; the schedules are fitted to it after a few iterations.
+    #[arg(long, value_parser = parse_duration)]
+    time_budget: Option<Duration>,
+    /// Continue the checkpoint in --output.
+    #[arg(long)]
+    resume: bool,
+    /// cpu, or cuda / cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// Parses `90`, `90s`, `15m`, `1.5h`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("`{s}` is not a duration such as 900s, 15m or 1h"))?;
+    let seconds = match unit {
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}`; use s, m or h")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("`{s}` must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn device(name: &str) -> Result<tch::Device> {
+    Ok(match name {
+        "cpu" => tch::Device::Cpu,
+        "cuda" => tch::Device::Cuda(0),
+        _ => match name.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => tch::Device::Cuda(i),
+            None => bail!("unknown device `{name}`; valid: cpu, cuda, cuda:N"),
+        },
+    })
+}
+
+pub fn run(args: PretrainArgs) -> Result<()> {
+    let device = device(&args.device)?;
+    if let tch::Device::Cuda(_) = device {
+        if !tch::Cuda::is_available() {
+            bail!("--device {} but this libtorch sees no CUDA device", args.device);
+        }
+    }
+    let options = PretrainOptions {
+        config: args.config,
+        data: args.data,
+        output: args.output.clone(),
+        max_iters: args.max_iters,
+        time_budget: args.time_budget,
+        resume: args.resume,
+        device,
+    };
+    let summary = pretrain(&options)?;
+    println!(
+        "pretrained {} iterations, {:.1} img/s, last loss {:.4}, {} images skipped; checkpoint in {}",
+        summary.iterations,
+        summary.images_per_second,
+        summary.last_loss,
+        summary.skipped_images,
+        args.output.join("checkpoint").display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("900").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("15 parsecs").is_err());
+        assert!(parse_duration("-3s").is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! Weighted k-NN classification on L2-normalised features (dinov2's protocol): the k most cosine-similar
+//! training images vote for their class with weight `exp(similarity / T)`.
+
+use super::features::extract;
+use crate::data::loader::EvalBatches;
+use crate::data::{DatasetIndex, Split};
+use crate::lower::model_info;
+use crate::runtime::RuntimeKind;
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tch::{Kind, Tensor};
+
+/// The k of the protocol.
+pub const KS: [usize; 4] = [10, 20, 100, 200];
+/// Softmax temperature of the votes.
+pub const TEMPERATURE: f64 = 0.07;
+
+/// What to evaluate.
+#[derive(Clone, Debug)]
+pub struct KnnOptions {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// Dataset root.
+    pub data: PathBuf,
+    /// Runtime to extract features with.
+    pub runtime: RuntimeKind,
+    /// Class-balanced subset of the training split.
+    pub train_limit: Option<usize>,
+    /// Class-balanced subset of the validation split.
+    pub val_limit: Option<usize>,
+}
+
+/// Accuracies per k.
+#[derive(Clone, Debug, Serialize)]
+pub struct KnnReport {
+    /// Top-1 accuracy (fraction) per k.
+    pub top1: BTreeMap<String, f64>,
+    /// Top-5 accuracy (fraction) per k.
+    pub top5: BTreeMap<String, f64>,
+    /// `ort` or `tract`.
+    pub runtime: String,
+    /// Training images used.
+    pub train_images: usize,
+    /// Validation images used.
+    pub val_images: usize,
+    /// Images that did not decode.
+    pub skipped_images: usize,
+    /// The model file.
+    pub model: String,
+}
+
+/// Extracts features of both splits and classifies the validation images.
+pub fn knn_eval(options: &KnnOptions) -> Result<KnnReport> {
+    let info = model_info(&options.model)?;
+    let index = DatasetIndex::open(&options.data)?;
+    let mut runtime = options.runtime.open(&options.model, info.image_size)?;
+    let train = EvalBatches::new(index.root(), index.balanced(Split::Train, options.train_limit), info.image_size, info.mean, info.std);
+    let val = EvalBatches::new(index.root(), index.balanced(Split::Val, options.val_limit), info.image_size, info.mean, info.std);
+    if train.is_empty() || val.is_empty() {
+        bail!("k-NN needs training and validation images; {} has {} and {}", options.data.display(), train.len(), val.len());
+    }
+    let (train_features, skipped_train) = extract(runtime.as_mut(), &train, "train features")?;
+    let (val_features, skipped_val) = extract(runtime.as_mut(), &val, "val features")?;
+    let train_labels = Tensor::from_slice(&train.labels());
+    let val_labels = Tensor::from_slice(&val.labels());
+    let (top1, top5) = knn_accuracy(&train_features, &train_labels, &val_features, &val_labels, index.classes.len() as i64, &KS, TEMPERATURE);
+    let keyed = |v: Vec<f64>| KS.iter().map(|k| k.to_string()).zip(v).collect();
+    Ok(KnnReport {
+        top1: keyed(top1),
+        top5: keyed(top5),
+        runtime: options.runtime.name().into(),
+        train_images: train.len(),
+        val_images: val.len(),
+        skipped_images: skipped_train + skipped_val,
+        model: options.model.display().to_string(),
+    })
+}
+
+/// Top-1 and top-5 accuracy for each `k` of weighted k-NN (k larger than the training set uses all of it).
+pub fn knn_accuracy(train: &Tensor, train_labels: &Tensor, val: &Tensor, val_labels: &Tensor, classes: i64, ks: &[usize], temperature: f64) -> (Vec<f64>, Vec<f64>) {
+    let normalize = |x: &Tensor| x / x.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
+    let (train, val) = (normalize(train), normalize(val));
+    let n_train = train.size()[0];
+    let k_max = (*ks.iter().max().unwrap() as i64).min(n_train);
+    let mut top1 = vec![0i64; ks.len()];
+    let mut top5 = vec![0i64; ks.len()];
+    let n_val = val.size()[0];
+    for start in (0..n_val).step_by(512) {
+        let len = 512.min(n_val - start);
+        let chunk = val.narrow(0, start, len);
+        let truth = val_labels.narrow(0, start, len).unsqueeze(1);
+        let (similarity, neighbours) = chunk.matmul(&train.tr()).topk(k_max, -1, true, true);
+        let neighbour_labels = train_labels.index_select(0, &neighbours.flatten(0, 1)).view([len, k_max]);
+        let weights = (similarity / temperature).exp();
+        for (i, &k) in ks.iter().enumerate() {
+            let k = (k as i64).min(n_train);
+            let votes = Tensor::zeros([len, classes], (Kind::Float, train.device())).scatter_add(1, &neighbour_labels.narrow(1, 0, k), &weights.narrow(1, 0, k));
+            let ranked = votes.topk(5.min(classes), -1, true, true).1;
+            top1[i] += ranked.narrow(1, 0, 1).eq_tensor(&truth).sum(Kind::Int64).int64_value(&[]);
+            top5[i] += ranked.eq_tensor(&truth).sum(Kind::Int64).int64_value(&[]);
+        }
+    }
+    let frac = |c: Vec<i64>| c.into_iter().map(|c| c as f64 / n_val as f64).collect();
+    (frac(top1), frac(top5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knn_votes_by_weighted_neighbours() {
+        // Train: class 0 near (1, 0), class 1 near (0, 1). Val: one point near each, one ambiguous point
+        // closer to class 1's two members than to class 0's one.
+        let train = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, 0.1, 1.0]).view([3, 2]);
+        let train_labels = Tensor::from_slice(&[0i64, 1, 1]);
+        let val = Tensor::from_slice(&[1.0f32, 0.1, 0.1, 1.0, 1.0, 0.9]).view([3, 2]);
+        let val_labels = Tensor::from_slice(&[0i64, 1, 0]);
+        let (top1, top5) = knn_accuracy(&train, &train_labels, &val, &val_labels, 2, &[1, 3], 0.07);
+        // k = 1: every val point takes its nearest neighbour: (1,0.9) is nearest to (1,0)? cos = 0.743 vs
+        // (0.1,1): cos = 0.74 → class 0; all three correct.
+        assert_eq!(top1[0], 1.0);
+        // k = 3: val 3 gets exp(0.743/0.07) for class 0 vs exp(0.669/0.07)+exp(0.740/0.07) for class 1 → wrong.
+        assert!((top1[1] - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(top5, vec![1.0, 1.0]);
+    }
+}
