@@ -268,13 +268,36 @@ impl Default for TrainConfig {
 impl Config {
     /// Reads a YAML config; unknown keys are errors, missing keys take defaults, the result is validated.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, &[])
+    }
+
+    /// Reads a YAML config, then applies `key=value` overrides (dotted keys, YAML values), as dinov2's
+    /// command-line `opts`: `student.layerscale=1.0`, `crops.local_crops_number=4`.
+    pub fn load_with(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("in config {}", path.display()))
+        Self::parse_with(&text, overrides).with_context(|| format!("in config {}", path.display()))
     }
 
     /// Parses YAML text (see [`Config::load`]).
     pub fn parse(text: &str) -> Result<Self> {
-        let value: serde_yaml::Value = serde_yaml::from_str(text).context("not valid YAML")?;
+        Self::parse_with(text, &[])
+    }
+
+    fn parse_with(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut value: serde_yaml::Value = serde_yaml::from_str(text).context("not valid YAML")?;
+        if value.is_null() {
+            value = serde_yaml::Value::Mapping(Default::default());
+        }
+        for item in overrides {
+            let (key, raw) = item.split_once('=').with_context(|| format!("override `{item}` is not key=value"))?;
+            let parsed: serde_yaml::Value = serde_yaml::from_str(raw).with_context(|| format!("override `{item}`: bad value"))?;
+            let mut node = &mut value;
+            for part in key.split('.') {
+                let map = node.as_mapping_mut().with_context(|| format!("override `{item}`: `{part}` is not inside a section"))?;
+                node = map.entry(serde_yaml::Value::from(part)).or_insert(serde_yaml::Value::Mapping(Default::default()));
+            }
+            *node = parsed;
+        }
         let known = serde_yaml::to_value(Config::default()).expect("the default config serialises");
         check_keys(&value, &known, "")?;
         let config: Config = serde_yaml::from_value(value).context("a value has the wrong type")?;
@@ -394,6 +417,14 @@ mod tests {
         assert!(msg.contains("`dino.lambda_ei`") && msg.contains("`dino.lambda_ie`"), "{msg}");
         let err = format!("{:#}", Config::parse("studnet:\n  head_dim: 32\n").unwrap_err());
         assert!(err.contains("`student`"), "{err}");
+    }
+
+    #[test]
+    fn overrides_replace_values_and_are_checked() {
+        let c = Config::parse_with("student:\n  head_dim: 32\n", &["student.layerscale=1.0".into(), "train.seed=3".into()]).unwrap();
+        assert_eq!((c.student.layerscale, c.train.seed, c.student.head_dim), (1.0, 3, 32));
+        assert!(Config::parse_with("", &["student.layerscael=1".into()]).is_err());
+        assert!(Config::parse_with("", &["student".into()]).is_err());
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct PretrainArgs {
     /// cpu, or cuda / cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Override a config value: --set student.layerscale=1.0 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 /// Parses `90`, `90s`, `15m`, `1.5h`.
@@ -77,6 +80,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         time_budget: args.time_budget,
         resume: args.resume,
         device,
+        overrides: args.overrides,
     };
     let summary = pretrain(&options)?;
     println!(

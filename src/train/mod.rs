@@ -44,6 +44,8 @@ pub struct PretrainOptions {
     pub resume: bool,
     /// Where to train.
     pub device: Device,
+    /// `key=value` config overrides.
+    pub overrides: Vec<String>,
 }
 
 /// What a finished run reports.
@@ -90,7 +92,7 @@ struct StudentOutputs {
 
 /// Trains; returns when the iterations or the time budget are used up, or on Ctrl-C (after saving).
 pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
-    let config = Config::load(&options.config)?;
+    let config = Config::load_with(&options.config, &options.overrides)?;
     let index = DatasetIndex::open(&options.data)?;
     let run = &options.output;
     std::fs::create_dir_all(run).with_context(|| format!("cannot create run folder {}", run.display()))?;
