@@ -26,16 +26,12 @@ PY="$CACHE/venv/bin/python"
 
 "$POAC" data fashion-mnist --out "$DATA"
 
-if [ -d "$RUN/checkpoint" ]; then
-  "$POAC" pretrain --config "$CONFIG" --data "$DATA" --output "$RUN" --time-budget "$TIME_BUDGET" --resume "$@"
-else
-  "$POAC" pretrain --config "$CONFIG" --data "$DATA" --output "$RUN" --time-budget "$TIME_BUDGET" "$@"
-fi
-# Baseline: the same architecture with random weights. LayerScale starts at γ = 1 here: with the training init
-# (γ = 1e-5) an untrained class token ignores the image and k-NN sits at chance, a baseline too weak to mean much.
+# --resume continues an earlier (interrupted or finished) run of the same folder, or starts a new one.
+"$POAC" pretrain --config "$CONFIG" --data "$DATA" --output "$RUN" --time-budget "$TIME_BUDGET" --resume "$@"
+# Baseline: the same sub-networks with random weights — the very initialisation the run started from (same
+# config and seed, zero iterations).
 RANDOM_RUN="$RUN-random-init"
-[ -d "$RANDOM_RUN/checkpoint" ] || "$POAC" pretrain --config "$CONFIG" --data "$DATA" --output "$RANDOM_RUN" --max-iters 0 \
-  --set student.layerscale=1.0
+"$POAC" pretrain --config "$CONFIG" --data "$DATA" --output "$RANDOM_RUN" --max-iters 0 --resume
 
 # Smallest, middle and intact sub-networks of the elastic space.
 read -r -a SUBNETS < <("$POAC" inspect "$RUN" --json | "$PY" -c '
@@ -78,7 +74,7 @@ for (w, d) in sorted({(r["width"], r["depth"]) for r in results}):
     r_ort, r_tract = acc[("random", w, d, "ort")], acc[("random", w, d, "tract")]
     print(f"| w{w}-d{d} | {s['params'] / 1e6:.2f} | {s['flops'] / 1e9:.3f} | {100 * p_ort:.2f} | {100 * p_tract:.2f} | "
           f"{100 * r_ort:.2f} | {100 * r_tract:.2f} | {100 * (p_ort - r_ort):+.2f} |")
-print("random: same sub-networks, random weights (truncated normal, LayerScale γ = 1); ort and tract run the same ONNX file")
+print("random: the same sub-networks at the run's random initialisation (0 iterations); ort and tract run the same ONNX file")
 rates = [m["images_per_second"] for m in metrics if m["images_per_second"] > 0]
 print()
 print(f"pretraining: {len(metrics)} iterations, {rates[-1]:.1f} img/s (mean over the last invocation), "

@@ -198,7 +198,7 @@ impl Default for OptimConfig {
             warmup_epochs: 10.0,
             weight_decay: 0.04,
             weight_decay_end: 0.4,
-            clip_grad: 3.0,
+            clip_grad: 1.5,
             adamw_beta1: 0.9,
             adamw_beta2: 0.999,
         }
@@ -362,6 +362,22 @@ impl Config {
         }
         if self.train.batch_size < 2 {
             bail!("train.batch_size must be at least 2 (KoLeo needs neighbours)");
+        }
+        if self.train.saveckp_freq == 0 {
+            bail!("train.saveckp_freq must be at least 1");
+        }
+        if self.crops.local_crops_size == 0 || self.crops.global_crops_size == 0 {
+            bail!("crops.global_crops_size and crops.local_crops_size must be positive");
+        }
+        let d = &self.dino;
+        if d.head_n_prototypes == 0 || d.head_hidden_dim == 0 || d.head_bottleneck_dim == 0 {
+            bail!("dino.head_n_prototypes, head_hidden_dim and head_bottleneck_dim must be positive");
+        }
+        if d.net_select_scale < 1.0 {
+            bail!("dino.net_select_scale {} must be at least 1 (1 samples every sub-network equally)", d.net_select_scale);
+        }
+        if !(0.0..=1.0).contains(&self.ibot.mask_sample_probability) {
+            bail!("ibot.mask_sample_probability {} must be in [0, 1]", self.ibot.mask_sample_probability);
         }
         if !(0.0..=1.0).contains(&self.dino.lambda_ie) {
             bail!("dino.lambda_ie {} must be in [0, 1]", self.dino.lambda_ie);

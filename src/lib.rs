@@ -9,4 +9,5 @@ pub mod eval;
 pub mod lower;
 pub mod model;
 pub mod runtime;
+pub mod shuffle;
 pub mod train;

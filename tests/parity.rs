@@ -80,8 +80,8 @@ fn lowered_subnetworks_match_libtorch_on_ort_and_tract() {
 
         let expected: Vec<f32> = Vec::try_from(tch::no_grad(|| model.forward(&images, subnet, None)).select(1, 0).flatten(0, -1)).unwrap();
         for kind in [RuntimeKind::Ort, RuntimeKind::Tract] {
-            let mut runtime = kind.open(&path, size as usize).unwrap();
-            let (shape, got) = runtime.run(&pixels, batch as usize).unwrap();
+            let mut runtime = kind.open(&path).unwrap();
+            let (shape, got) = runtime.run(&pixels, [batch as usize, 3, size as usize, size as usize]).unwrap();
             assert_eq!(shape, vec![batch as usize, subnet.width]);
             let err = max_abs_diff(&got, &expected);
             eprintln!("{subnet} on {}: max abs error {err:.2e}", kind.name());
@@ -102,8 +102,59 @@ fn static_batch_models_run_on_both_runtimes() {
     lower(&dir, &SubnetChoice { size: Some("small".into()), ..Default::default() }, Batch::Static(2), &path, |_, _, _| {}).unwrap();
     onnx_check(&path);
     let pixels = vec![0.5f32; 2 * 3 * size * size];
-    let (_, a) = RuntimeKind::Ort.open(&path, size).unwrap().run(&pixels, 2).unwrap();
-    let (_, b) = RuntimeKind::Tract.open(&path, size).unwrap().run(&pixels, 2).unwrap();
+    let (_, a) = RuntimeKind::Ort.open(&path).unwrap().run(&pixels, [2, 3, size, size]).unwrap();
+    let (_, b) = RuntimeKind::Tract.open(&path).unwrap().run(&pixels, [2, 3, size, size]).unwrap();
     assert!(max_abs_diff(&a, &b) <= TOLERANCE);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The elastic forward at a sub-network equals a ViT written out by hand from POA_SPEC §3 — first channels of
+/// every axis, the first `w` rows of each of q, k and v, inputs scaled by α = W / w, blocks
+/// floor(i·(L−1)/(d−1)) — on the full stored tensors: an oracle independent of the `specialise` pass.
+#[test]
+fn elastic_forward_matches_a_hand_sliced_vit() {
+    let dir = std::env::temp_dir().join(format!("poac-hand-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = random_checkpoint(&dir);
+    let arch = model.graph().arch.clone();
+    let weights: std::collections::HashMap<String, Tensor> = model.named_params().into_iter().map(|(k, t)| (k, t.shallow_clone())).collect();
+    let get = |k: &str| weights[k].shallow_clone();
+    let (max_w, max_d) = (arch.max_embed_dim as i64, arch.max_depth as i64);
+    let images = Tensor::randn([2, 3, arch.img_size as i64, arch.img_size as i64], (Kind::Float, Device::Cpu));
+
+    for (w, d) in [(96i64, 5i64), (128, 7), (64, 8)] {
+        let alpha = max_w as f64 / w as f64;
+        let first = |t: Tensor, axis: i64, n: i64| t.narrow(axis, 0, n);
+        let rows_of_qkv = |t: Tensor| Tensor::cat(&[t.narrow(0, 0, w), t.narrow(0, max_w, w), t.narrow(0, 2 * max_w, w)], 0);
+        let linear = |x: &Tensor, weight: Tensor, bias: Tensor| (x * alpha).linear(&weight, Some(bias));
+        let norm = |x: &Tensor, key: &str| x.layer_norm([w], Some(first(get(&format!("{key}.weight")), 0, w)), Some(first(get(&format!("{key}.bias")), 0, w)), 1e-6, false);
+        let p = arch.patch_size as i64;
+        let patches = images.conv2d(&first(get("patch_embed.proj.weight"), 0, w), Some(first(get("patch_embed.proj.bias"), 0, w)), [p, p], [0, 0], [1, 1], 1);
+        let patches = patches.flatten(2, 3).transpose(1, 2);
+        let cls = first(get("cls_token"), 2, w).expand([2, 1, w], false);
+        let mut x = Tensor::cat(&[cls, patches], 1) + first(get("pos_embed"), 2, w);
+        for b in (0..d).map(|i| i * (max_d - 1) / (d - 1)) {
+            let key = |k: &str| format!("blocks.{b}.{k}");
+            let h = norm(&x, &key("norm1"));
+            let qkv_w = first(rows_of_qkv(get(&key("attn.qkv.weight"))), 1, w);
+            let qkv = linear(&h, qkv_w, rows_of_qkv(get(&key("attn.qkv.bias"))));
+            let (n, t, hd) = (2, qkv.size()[1], arch.head_dim as i64);
+            let qkv = qkv.view([n, t, 3, w / hd, hd]).permute([2, 0, 3, 1, 4]);
+            let scores = (qkv.get(0) * (hd as f64).powf(-0.5)).matmul(&qkv.get(1).transpose(-2, -1)).softmax(-1, Kind::Float);
+            let attended = scores.matmul(&qkv.get(2)).transpose(1, 2).reshape([n, t, w]);
+            let proj = linear(&attended, first(first(get(&key("attn.proj.weight")), 0, w), 1, w), first(get(&key("attn.proj.bias")), 0, w));
+            x = &x + first(get(&key("ls1.gamma")), 0, w) * proj;
+            let h = norm(&x, &key("norm2"));
+            let hidden = linear(&h, first(first(get(&key("mlp.fc1.weight")), 0, 4 * w), 1, w), first(get(&key("mlp.fc1.bias")), 0, 4 * w)).gelu("none");
+            let out = linear(&hidden, first(first(get(&key("mlp.fc2.weight")), 0, w), 1, 4 * w), first(get(&key("mlp.fc2.bias")), 0, w));
+            x = &x + first(get(&key("ls2.gamma")), 0, w) * out;
+        }
+        let expected: Vec<f32> = Vec::try_from(norm(&x, "norm").select(1, 0).flatten(0, -1)).unwrap();
+        let subnet = SubnetSpec { width: w as usize, depth: d as usize };
+        let got: Vec<f32> = Vec::try_from(tch::no_grad(|| model.forward(&images, subnet, None)).select(1, 0).flatten(0, -1)).unwrap();
+        let err = max_abs_diff(&got, &expected);
+        assert!(err <= 1e-5, "{subnet}: elastic forward differs from the hand-sliced ViT by {err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,13 +7,28 @@ use thiserror::Error;
 pub enum IrError {
     /// A width that is not in the elastic space.
     #[error("width {got} is not in the elastic space; valid widths: {valid} (or a fraction of {max} such as 0.5)")]
-    InvalidWidth { got: String, valid: String, max: usize },
+    InvalidWidth {
+        /// What the user asked for.
+        got: String,
+        /// The valid widths, listed.
+        valid: String,
+        /// The largest width.
+        max: usize,
+    },
     /// A depth that is not in the elastic space.
     #[error("depth {got} is not in the elastic space; valid depths: {valid}")]
-    InvalidDepth { got: usize, valid: String },
+    InvalidDepth {
+        /// What the user asked for.
+        got: usize,
+        /// The valid depths, listed.
+        valid: String,
+    },
     /// A named size that is not known.
     #[error("unknown size `{got}`; valid sizes: small, base, large (or give --width and --depth)")]
-    UnknownSize { got: String },
+    UnknownSize {
+        /// What the user asked for.
+        got: String,
+    },
     /// An architecture description that cannot describe a model.
     #[error("invalid architecture: {0}")]
     InvalidArch(String),

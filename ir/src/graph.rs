@@ -17,24 +17,60 @@ pub enum Op {
     /// The graph input: images `[N, C, H, W]`, already normalised by mean/std.
     Image,
     /// Non-overlapping `patch × patch` convolution, flattened to tokens `[N, P, D]`.
-    PatchEmbed { weight: ParamId, bias: ParamId, patch: usize },
+    PatchEmbed {
+        /// Kernel `[D, C, patch, patch]`.
+        weight: ParamId,
+        /// Bias `[D]`.
+        bias: ParamId,
+        /// Patch side (kernel size and stride).
+        patch: usize,
+    },
     /// iBOT masking: patch tokens selected by a training-time mask are replaced by `mask_token`.
-    MaskTokens { mask_token: ParamId },
+    MaskTokens {
+        /// The learned mask token `[1, D]`.
+        mask_token: ParamId,
+    },
     /// Prepends the class token: `[N, P, D] → [N, 1 + P, D]`.
-    PrependCls { cls_token: ParamId },
+    PrependCls {
+        /// The learned class token `[1, 1, D]`.
+        cls_token: ParamId,
+    },
     /// Adds the learned position embedding.
-    AddPosEmbed { pos_embed: ParamId },
+    AddPosEmbed {
+        /// `[1, 1 + P, D]`.
+        pos_embed: ParamId,
+    },
     /// LayerNorm over the last axis.
-    LayerNorm { weight: ParamId, bias: ParamId, eps: f32 },
+    LayerNorm {
+        /// Scale `[D]`.
+        weight: ParamId,
+        /// Shift `[D]`.
+        bias: ParamId,
+        /// Added to the variance.
+        eps: f32,
+    },
     /// `y = (alpha · x) · Wᵀ + b`; `alpha` is POA's width scaling factor, set by specialisation and folded
     /// into `W` by the `fold_alpha` pass.
-    Linear { weight: ParamId, bias: Option<ParamId>, alpha: f32 },
+    Linear {
+        /// `[out, in]`.
+        weight: ParamId,
+        /// `[out]`, if any.
+        bias: Option<ParamId>,
+        /// Factor on the input.
+        alpha: f32,
+    },
     /// Multi-head self-attention core on packed qkv `[N, T, 3D] → [N, T, D]`, scale `head_dim^-0.5`.
-    Attention { head_dim: usize },
+    Attention {
+        /// Channels per head (heads = D / head_dim).
+        head_dim: usize,
+    },
     /// Exact (erf) GELU.
     Gelu,
     /// LayerScale: multiplies by a learned per-channel `gamma`.
-    LayerScale { gamma: ParamId },
+    LayerScale {
+        /// `[D]`.
+        gamma: ParamId,
+    },
     /// Element-wise sum of two values (residual connection).
     Add,
     /// Takes the class token: `[N, T, D] → [N, D]`.
@@ -44,14 +80,15 @@ pub enum Op {
 impl Op {
     /// The parameters the op reads.
     pub fn params(&self) -> Vec<ParamId> {
-        match *self {
-            Op::PatchEmbed { weight, bias, .. } | Op::LayerNorm { weight, bias, .. } => vec![weight, bias],
-            Op::Linear { weight, bias, .. } => std::iter::once(weight).chain(bias).collect(),
-            Op::MaskTokens { mask_token: p } | Op::PrependCls { cls_token: p } | Op::AddPosEmbed { pos_embed: p } => {
-                vec![p]
-            }
-            Op::LayerScale { gamma } => vec![gamma],
-            Op::Image | Op::Attention { .. } | Op::Gelu | Op::Add | Op::ClsToken => Vec::new(),
+        self.clone().params_mut().into_iter().map(|p| *p).collect()
+    }
+
+    /// How many values the op reads.
+    pub fn arity(&self) -> usize {
+        match self {
+            Op::Image => 0,
+            Op::Add => 2,
+            _ => 1,
         }
     }
 
@@ -142,9 +179,13 @@ impl Graph {
         self.params.iter().find(|p| p.name == name)
     }
 
-    /// Checks that every input comes from an earlier node and every parameter id exists.
+    /// Checks that every node reads as many values as its op takes, all from earlier nodes, and that every
+    /// parameter id exists.
     pub fn validate(&self) -> Result<()> {
         for (i, node) in self.nodes.iter().enumerate() {
+            if node.inputs.len() != node.op.arity() {
+                return Err(IrError::Malformed(format!("node {} ({}) reads {} values, its op takes {}", i, node.name, node.inputs.len(), node.op.arity())));
+            }
             if let Some(bad) = node.inputs.iter().find(|&&v| v >= i) {
                 return Err(IrError::Malformed(format!("node {} ({}) reads %{bad}, not an earlier value", i, node.name)));
             }
@@ -220,6 +261,9 @@ impl Graph {
         let graph: Graph =
             serde_json::from_str(text).map_err(|e| IrError::Malformed(format!("not a poac supergraph: {e}")))?;
         graph.arch.validate()?;
+        if graph.space != ElasticSpace::of(&graph.arch) {
+            return Err(IrError::Malformed("the elastic space does not match the architecture".into()));
+        }
         graph.validate()?;
         Ok(graph)
     }

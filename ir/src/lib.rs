@@ -4,6 +4,8 @@
 //! *elastic* dimensions. Together with its [`ElasticSpace`] it is the supergraph that `poac pretrain` trains and
 //! that `poac lower` specialises into one static sub-network. Nothing here depends on libtorch or a runtime.
 
+#![warn(missing_docs)]
+
 pub mod arch;
 pub mod build;
 pub mod error;

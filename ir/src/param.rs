@@ -13,7 +13,12 @@ pub enum Dim {
     Fixed(usize),
     /// Follows the width `w`: `segments` stacked blocks, each `per_width * w` long (of `per_width * max_width`
     /// stored). The qkv rows are `{segments: 3, per_width: 1}`, the MLP hidden axis `{segments: 1, per_width: 4}`.
-    Elastic { segments: usize, per_width: usize },
+    Elastic {
+        /// Stacked blocks along the axis (3 for packed q, k, v).
+        segments: usize,
+        /// Length of one block per unit of width.
+        per_width: usize,
+    },
 }
 
 impl Dim {
@@ -54,10 +59,6 @@ impl WeightView {
         WeightView { axes: Vec::new(), scale: 1.0 }
     }
 
-    /// True when the view is the stored tensor itself.
-    pub fn is_whole(&self) -> bool {
-        self.axes.is_empty() && self.scale == 1.0
-    }
 }
 
 /// How a parameter starts before training (dinov2's initialisation).

@@ -36,17 +36,6 @@ impl WeightFile {
         SafeTensors::deserialize(&self.mmap).expect("validated in open")
     }
 
-    /// Names of all stored tensors.
-    pub fn names(&self) -> Vec<String> {
-        self.tensors().names().into_iter().map(String::from).collect()
-    }
-
-    /// Shape of a stored tensor.
-    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        let tensors = self.tensors();
-        let view = tensors.tensor(name).map_err(|_| IrError::Weights(format!("no tensor `{name}` in the weights")))?;
-        Ok(view.shape().to_vec())
-    }
 
 }
 

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 pub struct LowerArgs {
     /// Run folder or checkpoint folder.
     checkpoint: PathBuf,
-    /// Width: a fraction of the largest (0.5) or an embed dim (192). Default: the largest.
+    /// Width: a fraction of the largest written with a decimal point (0.5, 1.0) or an embed dim as an integer
+    /// (192). Default: the largest.
     #[arg(long)]
     width: Option<WidthChoice>,
     /// Depth (number of blocks). Default: the largest.

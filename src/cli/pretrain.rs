@@ -23,7 +23,7 @@ pub struct PretrainArgs {
     /// Training time, e.g. 900s, 15m, 1h; the schedules are fitted to it after a few iterations.
     #[arg(long, value_parser = parse_duration)]
     time_budget: Option<Duration>,
-    /// Continue the checkpoint in --output.
+    /// Continue the checkpoint in --output (a new run starts if there is none).
     #[arg(long)]
     resume: bool,
     /// cpu, or cuda / cuda:N.

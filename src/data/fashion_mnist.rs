@@ -48,7 +48,8 @@ fn read_idx(path: &Path, expected_dims: usize) -> Result<(Vec<usize>, Vec<u8>)> 
     let dims: Vec<usize> = (0..expected_dims)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
         .collect();
-    if bytes.len() != header + dims.iter().product::<usize>() {
+    let elements = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if elements.and_then(|e| e.checked_add(header)) != Some(bytes.len()) {
         bail!("{}: size does not match its header {:?}", path.display(), dims);
     }
     Ok((dims, bytes.split_off(header)))

@@ -1,7 +1,7 @@
 //! Decoding images into RGB f32 planes, robust to what real folders contain.
 
 use anyhow::{bail, Context, Result};
-use image::{DynamicImage, ImageReader};
+use image::{DynamicImage, ImageReader, Limits};
 use std::path::Path;
 
 /// Largest side accepted; larger images are refused rather than decoded into gigabytes.
@@ -20,18 +20,18 @@ pub struct RgbImage {
 
 /// Decodes any supported file (grayscale, 16-bit, CMYK JPEG, RGBA, ...) into RGB in [0, 1].
 pub fn decode(path: &Path) -> Result<RgbImage> {
-    let reader = ImageReader::open(path)
+    let mut reader = ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let (w, h) = reader.into_dimensions().with_context(|| format!("{} is not a readable image", path.display()))?;
-    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
-        bail!("{}: size {w}×{h} is outside 1..={MAX_SIDE}", path.display());
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    reader.limits(limits);
+    let image = reader.decode().with_context(|| format!("{} is not a decodable image (corrupt, truncated, or larger than {MAX_SIDE} px)", path.display()))?;
+    if image.width() == 0 || image.height() == 0 {
+        bail!("{} is empty (0 pixels)", path.display());
     }
-    let image = ImageReader::open(path)?
-        .with_guessed_format()?
-        .decode()
-        .with_context(|| format!("{} is corrupt or truncated", path.display()))?;
     Ok(from_dynamic(image))
 }
 

@@ -1,12 +1,11 @@
 //! The dataset index: which images exist in an ImageNet-layout root, with their classes, checked once and
 //! written to `ROOT/extra/index.json` so that later runs start at once.
 
-use super::image_io;
+use super::{image_io, par_map};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Version of the index format; an index of another version is rebuilt.
 const INDEX_VERSION: u32 = 1;
@@ -66,13 +65,16 @@ pub struct DatasetIndex {
 }
 
 impl DatasetIndex {
-    /// The index at `root/extra/index.json`, built (and written) first if absent or stale.
+    /// The index at `root/extra/index.json`, built (and written) first if absent, of another version or
+    /// inconsistent. Images added after indexing are not seen until `poac data index ROOT` runs again.
     pub fn open(root: &Path) -> Result<Self> {
         check_root(root)?;
         let path = root.join("extra").join("index.json");
         if let Ok(text) = std::fs::read_to_string(&path) {
             if let Ok(mut index) = serde_json::from_str::<DatasetIndex>(&text) {
-                if index.version == INDEX_VERSION {
+                let classes = index.classes.len() as u32;
+                let consistent = index.train.iter().chain(&index.val).all(|e| e.class < classes);
+                if index.version == INDEX_VERSION && consistent {
                     index.root = root.to_path_buf();
                     return Ok(index);
                 }
@@ -230,30 +232,11 @@ fn list_images(dir: &Path) -> Result<Vec<String>> {
 fn check_decodable(root: &Path, candidates: &[(Split, Entry)]) -> Vec<std::result::Result<(), String>> {
     let bar = ProgressBar::new(candidates.len() as u64)
         .with_style(ProgressStyle::with_template("indexing {bar:40} {pos}/{len} [{elapsed}<{eta}]").unwrap());
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let next = AtomicUsize::new(0);
-    let mut results: Vec<std::result::Result<(), String>> = vec![Ok(()); candidates.len()];
-    let chunks: Vec<Vec<(usize, std::result::Result<(), String>)>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((_, entry)) = candidates.get(i) else { break };
-                        let status = image_io::decode(&root.join(&entry.path)).map(|_| ()).map_err(|e| format!("{e:#}"));
-                        out.push((i, status));
-                        bar.inc(1);
-                    }
-                    out
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().expect("index worker panicked")).collect()
+    let results = par_map(candidates, |(_, entry)| {
+        let status = image_io::decode(&root.join(&entry.path)).map(|_| ()).map_err(|e| format!("{e:#}"));
+        bar.inc(1);
+        status
     });
     bar.finish_and_clear();
-    for (i, status) in chunks.into_iter().flatten() {
-        results[i] = status;
-    }
     results
 }

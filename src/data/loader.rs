@@ -5,8 +5,11 @@ use super::augment::{augmented_crop, center_square, normalize};
 use super::image_io::{decode, RgbImage};
 use super::index::Entry;
 use super::mask::batch_masks;
+use super::par_map;
+use crate::shuffle::ShuffledPasses;
+use anyhow::{anyhow, bail, Result};
 use crossbeam_channel::{bounded, Receiver};
-use rand::{seq::SliceRandom, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,8 +57,8 @@ pub struct CropBatch {
 pub struct TrainLoader {
     /// Set when batches are built on the calling thread (`workers == 0`).
     inline: Option<(Arc<(PathBuf, Vec<Entry>, MultiCropSpec)>, EpochOrder, u64)>,
-    receiver: Receiver<(u64, CropBatch)>,
-    pending: BTreeMap<u64, CropBatch>,
+    receiver: Receiver<(u64, Result<CropBatch>)>,
+    pending: BTreeMap<u64, Result<CropBatch>>,
     next: u64,
     stop: Arc<AtomicBool>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -83,6 +86,7 @@ impl TrainLoader {
             .map(|_| {
                 let (sender, stop, counter, shared) = (sender.clone(), stop.clone(), counter.clone(), shared.clone());
                 std::thread::spawn(move || {
+                    lower_priority();
                     let (root, entries, spec) = &*shared;
                     let mut order = EpochOrder::new(entries.len(), spec.batch_size, seed);
                     while !stop.load(Ordering::Relaxed) {
@@ -98,24 +102,23 @@ impl TrainLoader {
         TrainLoader { inline: None, receiver, pending: BTreeMap::new(), next: start, stop, workers: handles, skipped_total }
     }
 
-    /// The batch of the next iteration, in order.
-    pub fn next_batch(&mut self) -> CropBatch {
-        if let Some((shared, order, seed)) = &mut self.inline {
+    /// The batch of the next iteration, in order; an error if no image of the dataset decodes any more.
+    pub fn next_batch(&mut self) -> Result<CropBatch> {
+        let batch = if let Some((shared, order, seed)) = &mut self.inline {
             let (root, entries, spec) = &**shared;
-            let batch = build_batch(root, entries, spec, order.batch(self.next), *seed, self.next);
-            self.next += 1;
-            self.skipped_total.fetch_add(batch.skipped, Ordering::Relaxed);
-            return batch;
-        }
-        loop {
-            if let Some(batch) = self.pending.remove(&self.next) {
-                self.next += 1;
-                self.skipped_total.fetch_add(batch.skipped, Ordering::Relaxed);
-                return batch;
+            build_batch(root, entries, spec, order.batch(self.next), *seed, self.next)?
+        } else {
+            loop {
+                if let Some(batch) = self.pending.remove(&self.next) {
+                    break batch?;
+                }
+                let (iteration, batch) = self.receiver.recv().map_err(|_| anyhow!("the data loader threads stopped"))?;
+                self.pending.insert(iteration, batch);
             }
-            let (iteration, batch) = self.receiver.recv().expect("loader workers stopped");
-            self.pending.insert(iteration, batch);
-        }
+        };
+        self.next += 1;
+        self.skipped_total.fetch_add(batch.skipped, Ordering::Relaxed);
+        Ok(batch)
     }
 }
 
@@ -134,41 +137,45 @@ impl Drop for TrainLoader {
     }
 }
 
+/// Makes the calling loader thread yield to libtorch's workers: they spin at their barriers, so a loader that
+/// preempts one of them stalls the whole step; at the lowest priority it runs in the gaps instead.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on the calling thread (Linux threads are tasks; `who = 0` is this one).
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+    }
+}
+
 /// The order of images: a fresh seeded permutation per epoch, cut into full batches (the last partial batch of
 /// an epoch is dropped).
 pub struct EpochOrder {
-    len: usize,
     batch: usize,
-    seed: u64,
-    epoch: Option<(u64, Vec<usize>)>,
+    epochs: ShuffledPasses<usize>,
 }
 
 impl EpochOrder {
     /// The order for `len` images in batches of `batch`.
     pub fn new(len: usize, batch: usize, seed: u64) -> Self {
-        EpochOrder { len, batch, seed, epoch: None }
+        EpochOrder { batch, epochs: ShuffledPasses::new((0..len.max(1)).collect(), seed) }
     }
 
     /// Batches per epoch.
     pub fn batches_per_epoch(&self) -> u64 {
-        (self.len / self.batch).max(1) as u64
+        (self.epochs.len() / self.batch).max(1) as u64
     }
 
     /// Indices of the images of iteration `iteration`.
     pub fn batch(&mut self, iteration: u64) -> Vec<usize> {
         let per_epoch = self.batches_per_epoch();
         let (epoch, k) = (iteration / per_epoch, (iteration % per_epoch) as usize);
-        if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let mut perm: Vec<usize> = (0..self.len).collect();
-            perm.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-            self.epoch = Some((epoch, perm));
-        }
-        let perm = &self.epoch.as_ref().unwrap().1;
-        (0..self.batch).map(|i| perm[(k * self.batch + i) % self.len]).collect()
+        let batch = self.batch;
+        let order = self.epochs.pass(epoch);
+        (0..batch).map(|i| order[(k * batch + i) % order.len()]).collect()
     }
 }
 
-fn build_batch(root: &Path, entries: &[Entry], spec: &MultiCropSpec, indices: Vec<usize>, seed: u64, iteration: u64) -> CropBatch {
+fn build_batch(root: &Path, entries: &[Entry], spec: &MultiCropSpec, indices: Vec<usize>, seed: u64, iteration: u64) -> Result<CropBatch> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1).wrapping_mul(0x2545_F491_4F6C_DD1D) ^ iteration);
     let b = spec.batch_size;
     let (g, l) = (spec.global_size, spec.local_size);
@@ -176,7 +183,7 @@ fn build_batch(root: &Path, entries: &[Entry], spec: &MultiCropSpec, indices: Ve
     let mut local = vec![0.0f32; spec.local_number * b * 3 * l * l];
     let mut skipped = 0;
     for (i, &index) in indices.iter().enumerate() {
-        let image = decode_or_next(root, entries, index, &mut skipped);
+        let image = decode_or_next(root, entries, index, &mut skipped)?;
         for k in 0..2 {
             let crop = augmented_crop(&image, g, spec.global_scale, &mut rng);
             let at = (k * b + i) * 3 * g * g;
@@ -190,27 +197,28 @@ fn build_batch(root: &Path, entries: &[Entry], spec: &MultiCropSpec, indices: Ve
     }
     let side = g / spec.patch_size;
     let masks: Vec<bool> = batch_masks(2 * b, side, spec.mask_probability, spec.mask_ratio, &mut rng).concat();
-    CropBatch {
+    Ok(CropBatch {
         global: Tensor::from_slice(&global).view([2 * b as i64, 3, g as i64, g as i64]),
         local: Tensor::from_slice(&local).view([(spec.local_number * b) as i64, 3, l as i64, l as i64]),
         masks: Tensor::from_slice(&masks).view([2 * b as i64, (side * side) as i64]),
         skipped,
-    }
+    })
 }
 
-/// Decodes entry `index`, or the next ones that decode; every failure is counted and warned about once.
-fn decode_or_next(root: &Path, entries: &[Entry], index: usize, skipped: &mut usize) -> RgbImage {
+/// Decodes entry `index`, or the next ones that decode (files can change after indexing); every failure is
+/// counted and warned about.
+fn decode_or_next(root: &Path, entries: &[Entry], index: usize, skipped: &mut usize) -> Result<RgbImage> {
     for offset in 0..entries.len() {
         let entry = &entries[(index + offset) % entries.len()];
         match decode(&root.join(&entry.path)) {
-            Ok(image) => return image,
+            Ok(image) => return Ok(image),
             Err(e) => {
                 *skipped += 1;
                 eprintln!("warning: skipping {}: {e:#}", entry.path);
             }
         }
     }
-    panic!("no image of the dataset decodes any more (they did when it was indexed)");
+    bail!("no image of {} decodes any more (they did when it was indexed; run `poac data index` again)", root.display())
 }
 
 /// Decodes and transforms evaluation images (centred square, resize, normalise) on all cores, in batches.
@@ -243,36 +251,24 @@ impl EvalBatches {
         self.entries.iter().map(|e| e.class as i64).collect()
     }
 
-    /// Images `range` as one `[n, 3, size, size]` buffer; images that fail to decode become zeros and are
-    /// counted in the second value.
-    pub fn load(&self, range: std::ops::Range<usize>) -> (Vec<f32>, usize) {
+    /// Images `range` as one `[n, 3, size, size]` buffer, and which of them decoded (those that did not are
+    /// zeros, to be dropped by the caller).
+    pub fn load(&self, range: std::ops::Range<usize>) -> (Vec<f32>, Vec<bool>) {
         let per = 3 * self.size * self.size;
-        let entries = &self.entries[range];
-        let mut out = vec![0.0f32; entries.len() * per];
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let chunk = entries.len().div_ceil(threads).max(1);
-        let failed = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for (entries, out) in entries.chunks(chunk).zip(out.chunks_mut(chunk * per)) {
-                let failed = &failed;
-                s.spawn(move || {
-                    for (entry, slot) in entries.iter().zip(out.chunks_mut(per)) {
-                        match decode(&self.root.join(&entry.path)) {
-                            Ok(image) => {
-                                let mut img = center_square(&image, self.size);
-                                normalize(&mut img, self.mean, self.std);
-                                slot.copy_from_slice(&img.data);
-                            }
-                            Err(e) => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                eprintln!("warning: skipping {}: {e:#}", entry.path);
-                            }
-                        }
-                    }
-                });
+        let images = par_map(&self.entries[range], |entry| match decode(&self.root.join(&entry.path)) {
+            Ok(image) => {
+                let mut img = center_square(&image, self.size);
+                normalize(&mut img, self.mean, self.std);
+                Some(img.data)
+            }
+            Err(e) => {
+                eprintln!("warning: skipping {}: {e:#}", entry.path);
+                None
             }
         });
-        (out, failed.into_inner())
+        let decoded = images.iter().map(Option::is_some).collect();
+        let pixels = images.into_iter().flat_map(|img| img.unwrap_or_else(|| vec![0.0; per])).collect();
+        (pixels, decoded)
     }
 }
 

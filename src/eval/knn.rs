@@ -45,36 +45,48 @@ pub struct KnnReport {
     pub train_images: usize,
     /// Validation images used.
     pub val_images: usize,
-    /// Images that did not decode.
+    /// Images that did not decode (left out).
     pub skipped_images: usize,
     /// The model file.
     pub model: String,
+    /// Width of the model's sub-network.
+    pub width: usize,
+    /// Depth of the model's sub-network.
+    pub depth: usize,
 }
 
 /// Extracts features of both splits and classifies the validation images.
 pub fn knn_eval(options: &KnnOptions) -> Result<KnnReport> {
     let info = model_info(&options.model)?;
     let index = DatasetIndex::open(&options.data)?;
-    let mut runtime = options.runtime.open(&options.model, info.image_size)?;
+    let mut runtime = options.runtime.open(&options.model)?;
     let train = EvalBatches::new(index.root(), index.balanced(Split::Train, options.train_limit), info.image_size, info.mean, info.std);
     let val = EvalBatches::new(index.root(), index.balanced(Split::Val, options.val_limit), info.image_size, info.mean, info.std);
     if train.is_empty() || val.is_empty() {
         bail!("k-NN needs training and validation images; {} has {} and {}", options.data.display(), train.len(), val.len());
     }
-    let (train_features, skipped_train) = extract(runtime.as_mut(), &train, "train features")?;
-    let (val_features, skipped_val) = extract(runtime.as_mut(), &val, "val features")?;
-    let train_labels = Tensor::from_slice(&train.labels());
-    let val_labels = Tensor::from_slice(&val.labels());
+    let (train_features, train_kept) = extract(runtime.as_mut(), &train, info.image_size, "train features")?;
+    let (val_features, val_kept) = extract(runtime.as_mut(), &val, info.image_size, "val features")?;
+    let kept_labels = |labels: Vec<i64>, kept: &[bool]| -> Vec<i64> { labels.into_iter().zip(kept).filter(|(_, k)| **k).map(|(l, _)| l).collect() };
+    let train_labels = kept_labels(train.labels(), &train_kept);
+    let val_labels = kept_labels(val.labels(), &val_kept);
+    if train_labels.is_empty() || val_labels.is_empty() {
+        bail!("no image of one split of {} decodes", options.data.display());
+    }
+    let skipped_images = train.len() + val.len() - train_labels.len() - val_labels.len();
+    let (train_labels, val_labels) = (Tensor::from_slice(&train_labels), Tensor::from_slice(&val_labels));
     let (top1, top5) = knn_accuracy(&train_features, &train_labels, &val_features, &val_labels, index.classes.len() as i64, &KS, TEMPERATURE);
     let keyed = |v: Vec<f64>| KS.iter().map(|k| k.to_string()).zip(v).collect();
     Ok(KnnReport {
         top1: keyed(top1),
         top5: keyed(top5),
         runtime: options.runtime.name().into(),
-        train_images: train.len(),
-        val_images: val.len(),
-        skipped_images: skipped_train + skipped_val,
+        train_images: train_labels.size()[0] as usize,
+        val_images: val_labels.size()[0] as usize,
+        skipped_images,
         model: options.model.display().to_string(),
+        width: info.width,
+        depth: info.depth,
     })
 }
 
@@ -112,18 +124,19 @@ mod tests {
 
     #[test]
     fn knn_votes_by_weighted_neighbours() {
-        // Train: class 0 near (1, 0), class 1 near (0, 1). Val: one point near each, one ambiguous point
-        // closer to class 1's two members than to class 0's one.
-        let train = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, 0.1, 1.0]).view([3, 2]);
+        // Unit vectors by angle. Train: class 0 at 0°, class 1 at ±25.84° (cosine 0.9 to 0°). Val: 0° (class 0)
+        // and 90° (class 1).
+        let at = |deg: f64| [deg.to_radians().cos() as f32, deg.to_radians().sin() as f32];
+        let train = Tensor::from_slice(&[at(0.0), at(25.84), at(-25.84)].concat()).view([3, 2]);
         let train_labels = Tensor::from_slice(&[0i64, 1, 1]);
-        let val = Tensor::from_slice(&[1.0f32, 0.1, 0.1, 1.0, 1.0, 0.9]).view([3, 2]);
-        let val_labels = Tensor::from_slice(&[0i64, 1, 0]);
+        let val = Tensor::from_slice(&[at(0.0), at(90.0)].concat()).view([2, 2]);
+        let val_labels = Tensor::from_slice(&[0i64, 1]);
         let (top1, top5) = knn_accuracy(&train, &train_labels, &val, &val_labels, 2, &[1, 3], 0.07);
-        // k = 1: every val point takes its nearest neighbour: (1,0.9) is nearest to (1,0)? cos = 0.743 vs
-        // (0.1,1): cos = 0.74 → class 0; all three correct.
         assert_eq!(top1[0], 1.0);
-        // k = 3: val 3 gets exp(0.743/0.07) for class 0 vs exp(0.669/0.07)+exp(0.740/0.07) for class 1 → wrong.
-        assert!((top1[1] - 2.0 / 3.0).abs() < 1e-9);
+        // k = 3 at 0°: class 0 gets e^(1/0.07) = e^14.29, class 1 gets 2·e^(0.9/0.07) = e^13.55: the weighted
+        // vote keeps class 0 where a majority vote would pick class 1. At 90°: class 1 gets
+        // e^(0.436/0.07) + e^(−0.436/0.07) > class 0's e^0.
+        assert_eq!(top1[1], 1.0);
         assert_eq!(top5, vec![1.0, 1.0]);
     }
 }

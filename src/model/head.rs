@@ -8,7 +8,7 @@ use poac_ir::Init;
 use tch::{Device, Kind, Tensor};
 
 /// Parameter names of the head, in order (dinov2's keys).
-const NAMES: [&str; 7] =
+pub const NAMES: [&str; 7] =
     ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "mlp.4.weight", "mlp.4.bias", "last_layer.weight_v"];
 
 /// DINO head parameters.
@@ -34,6 +34,11 @@ impl DinoHead {
     pub fn from_params(params: Vec<Tensor>) -> Self {
         let in_dim = params[0].size()[1];
         DinoHead { params, in_dim, compute_kind: Kind::Float }
+    }
+
+    /// `[hidden, bottleneck, prototypes]` sizes.
+    pub fn dims(&self) -> [i64; 3] {
+        [self.params[0].size()[0], self.params[4].size()[0], self.params[6].size()[0]]
     }
 
     /// `(key, tensor)` pairs.

@@ -6,12 +6,12 @@ mod tract;
 use anyhow::{bail, Result};
 use std::path::Path;
 
-/// Runs a lowered model: images `[n, 3, H, W]` (normalised) in, one output tensor out.
+/// Runs a lowered model: images `[N, 3, H, W]` (normalised) in, one output tensor out.
 pub trait Runtime {
     /// `ort` or `tract`.
     fn name(&self) -> &'static str;
-    /// The model's first output for a batch of `n` images, and its shape.
-    fn run(&mut self, images: &[f32], n: usize) -> Result<(Vec<usize>, Vec<f32>)>;
+    /// The model's first output, and its shape, for `images` of shape `shape` (row-major).
+    fn run(&mut self, images: &[f32], shape: [usize; 4]) -> Result<(Vec<usize>, Vec<f32>)>;
 }
 
 /// Which runtime to use.
@@ -24,14 +24,14 @@ pub enum RuntimeKind {
 }
 
 impl RuntimeKind {
-    /// Opens `model` in this runtime. `image_size` is the model's input side (tract plans for a fixed shape).
-    pub fn open(self, model: &Path, image_size: usize) -> Result<Box<dyn Runtime>> {
+    /// Opens `model` in this runtime.
+    pub fn open(self, model: &Path) -> Result<Box<dyn Runtime>> {
         if !model.exists() {
             bail!("model {} does not exist", model.display());
         }
         Ok(match self {
             RuntimeKind::Ort => Box::new(onnxruntime::OrtRuntime::open(model)?),
-            RuntimeKind::Tract => Box::new(tract::TractRuntime::open(model, image_size)?),
+            RuntimeKind::Tract => Box::new(tract::TractRuntime::open(model)?),
         })
     }
 

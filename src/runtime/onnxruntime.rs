@@ -51,9 +51,8 @@ impl Runtime for OrtRuntime {
         "ort"
     }
 
-    fn run(&mut self, images: &[f32], n: usize) -> Result<(Vec<usize>, Vec<f32>)> {
-        let side = ((images.len() / n.max(1) / 3) as f64).sqrt() as usize;
-        let input = Tensor::from_array(([n, 3, side, side], images.to_vec())).map_err(|e| anyhow!("ort: {e}"))?;
+    fn run(&mut self, images: &[f32], shape: [usize; 4]) -> Result<(Vec<usize>, Vec<f32>)> {
+        let input = Tensor::from_array((shape, images.to_vec())).map_err(|e| anyhow!("ort: {e}"))?;
         let outputs = self.session.run(ort::inputs![input]).map_err(|e| anyhow!("ort run: {e}"))?;
         let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| anyhow!("ort output: {e}"))?;
         Ok((shape.iter().map(|&d| d as usize).collect(), data.to_vec()))

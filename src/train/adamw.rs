@@ -41,13 +41,13 @@ impl AdamW {
                 }
                 let mut p = p.shallow_clone();
                 if decay[i] && weight_decay != 0.0 {
-                    let _ = p.f_mul_scalar_(1.0 - lr * weight_decay);
+                    let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
                 }
                 let (m, v) = (&mut self.m[i], &mut self.v[i]);
-                let _ = m.f_mul_scalar_(self.beta1).and_then(|_| m.f_add_(&(&g * (1.0 - self.beta1))));
-                let _ = v.f_mul_scalar_(self.beta2).and_then(|_| v.f_addcmul_(&g, &(&g * (1.0 - self.beta2))));
+                let _ = m.g_mul_scalar_(self.beta1).g_add_(&(&g * (1.0 - self.beta1)));
+                let _ = v.g_mul_scalar_(self.beta2).addcmul_(&g, &(&g * (1.0 - self.beta2)));
                 let denom = (&*v / c2).sqrt() + self.eps;
-                let _ = p.f_sub_(&(&*m / &denom * (lr / c1)));
+                let _ = p.g_sub_(&(&*m / &denom * (lr / c1)));
             }
         });
     }

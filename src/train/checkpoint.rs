@@ -73,7 +73,18 @@ pub fn read_graph(dir: &Path) -> Result<Graph> {
 
 fn write_tensors(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
     let contiguous: Vec<(String, Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
-    Tensor::write_safetensors(&contiguous, path).with_context(|| format!("cannot write {}", path.display()))
+    Tensor::write_safetensors(&contiguous, path).with_context(|| format!("cannot write {}", path.display()))?;
+    sync(path)
+}
+
+/// Flushes a file or folder to disk, so that a rename after it never exposes missing data after a crash.
+fn sync(path: &Path) -> Result<()> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", path.display()))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    sync(path)
 }
 
 fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
@@ -87,18 +98,21 @@ pub fn save(run: &Path, graph: &Graph, teacher: &[(String, &Tensor)], train_stat
         std::fs::remove_dir_all(&partial)?;
     }
     std::fs::create_dir_all(&partial)?;
-    std::fs::write(partial.join(SUPERGRAPH), graph.to_json())?;
+    write_file(&partial.join(SUPERGRAPH), graph.to_json().as_bytes())?;
     write_tensors(&partial.join(TEACHER), teacher)?;
     write_tensors(&partial.join(TRAIN_STATE), train_state)?;
-    std::fs::write(partial.join(STATE), serde_json::to_string_pretty(progress)?)?;
+    write_file(&partial.join(STATE), serde_json::to_string_pretty(progress)?.as_bytes())?;
+    sync(&partial)?;
+    // Swap: at every instant `checkpoint/` or `.checkpoint.old/` is complete ([`resolve`] falls back to it).
     let (current, previous) = (run.join(CHECKPOINT), run.join(PREVIOUS));
-    if previous.exists() {
-        std::fs::remove_dir_all(&previous)?;
-    }
     if current.exists() {
+        if previous.exists() {
+            std::fs::remove_dir_all(&previous)?;
+        }
         std::fs::rename(&current, &previous)?;
     }
     std::fs::rename(&partial, &current)?;
+    sync(run)?;
     if previous.exists() {
         std::fs::remove_dir_all(&previous)?;
     }

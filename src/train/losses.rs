@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn dino_loss_averages_over_the_other_views() {
-        // B = 1, 2 globals, 1 local; uniform teacher → every pair costs log K → the mean is log K.
+        // B = 1, 2 globals, 1 local: the mean of the cross-entropies of the four cross-view pairs.
         let k = 4;
         let teacher = Tensor::full([2, k], 0.25, (Kind::Float, tch::Device::Cpu));
         let student = Tensor::randn([2, k], (Kind::Float, tch::Device::Cpu));

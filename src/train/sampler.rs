@@ -1,15 +1,15 @@
 //! Which elastic sub-network each iteration trains: a walk without replacement over POA's sampling list,
 //! reshuffled every pass, seeded — the choice at iteration `t` depends only on the seed and `t`.
 
+use crate::shuffle::ShuffledPasses;
 use poac_ir::{ElasticSpace, SubnetSpec};
-use rand::{seq::SliceRandom, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+
+/// Seeds the sampler apart from the data order, which uses the run's seed itself.
+const SAMPLER_SALT: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The elastic-student sampler.
 pub struct ElasticSampler {
-    list: Vec<SubnetSpec>,
-    seed: u64,
-    pass: Option<(u64, Vec<SubnetSpec>)>,
+    passes: ShuffledPasses<SubnetSpec>,
 }
 
 impl ElasticSampler {
@@ -20,29 +20,12 @@ impl ElasticSampler {
             // A space with one network: the elastic student is the intact one.
             list.push(space.intact());
         }
-        ElasticSampler { list, seed, pass: None }
-    }
-
-    /// Length of one pass.
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    /// Always false: a sampler has at least one entry.
-    pub fn is_empty(&self) -> bool {
-        false
+        ElasticSampler { passes: ShuffledPasses::new(list, seed ^ SAMPLER_SALT) }
     }
 
     /// The sub-network of iteration `t`.
     pub fn at(&mut self, t: u64) -> SubnetSpec {
-        let len = self.list.len() as u64;
-        let (pass, pos) = (t / len, (t % len) as usize);
-        if self.pass.as_ref().is_none_or(|(p, _)| *p != pass) {
-            let mut order = self.list.clone();
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed.rotate_left(17) ^ pass.wrapping_mul(0xA24B_AED4_963E_E407)));
-            self.pass = Some((pass, order));
-        }
-        self.pass.as_ref().unwrap().1[pos]
+        self.passes.at(t)
     }
 }
 
@@ -56,7 +39,6 @@ mod tests {
         let arch = VitArch { head_dim: 32, min_embed_dim: 64, max_embed_dim: 192, min_depth: 4, max_depth: 8, ..VitArch::default() };
         let space = ElasticSpace::of(&arch);
         let mut a = ElasticSampler::new(&space, 3.0, 5);
-        assert_eq!(a.len(), 99);
         let mut first: Vec<SubnetSpec> = (0..99).map(|t| a.at(t)).collect();
         let mut expected = space.sampling_list(3.0);
         first.sort();
