@@ -46,6 +46,14 @@ fn random_checkpoint(dir: &Path) -> ElasticVit {
     model
 }
 
+/// An empty folder of the temporary directory, unique to this test process.
+fn fresh_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("poac-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
@@ -60,9 +68,7 @@ fn onnx_check(model: &Path) {
 
 #[test]
 fn lowered_subnetworks_match_libtorch_on_ort_and_tract() {
-    let dir = std::env::temp_dir().join(format!("poac-parity-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("parity");
     let model = random_checkpoint(&dir);
     let space = model.graph().space.clone();
     let size = model.graph().arch.img_size as i64;
@@ -93,9 +99,7 @@ fn lowered_subnetworks_match_libtorch_on_ort_and_tract() {
 
 #[test]
 fn static_batch_models_run_on_both_runtimes() {
-    let dir = std::env::temp_dir().join(format!("poac-static-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("static");
     let model = random_checkpoint(&dir);
     let size = model.graph().arch.img_size;
     let path = dir.join("static.onnx");
@@ -113,9 +117,7 @@ fn static_batch_models_run_on_both_runtimes() {
 /// floor(i·(L−1)/(d−1)) — on the full stored tensors: an oracle independent of the `specialise` pass.
 #[test]
 fn elastic_forward_matches_a_hand_sliced_vit() {
-    let dir = std::env::temp_dir().join(format!("poac-hand-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("hand");
     let model = random_checkpoint(&dir);
     let arch = model.graph().arch.clone();
     let weights: std::collections::HashMap<String, Tensor> = model.named_params().into_iter().map(|(k, t)| (k, t.shallow_clone())).collect();
