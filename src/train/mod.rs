@@ -24,6 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tch::Device;
 
+/// Iterations timed (after the first) before the schedules are fitted to a time budget: enough for the cost of
+/// the sampled elastic students, which varies several-fold, to average out.
+const BUDGET_FIT_ITERATIONS: u64 = 12;
+
 /// What `poac pretrain` was asked to do.
 #[derive(Clone, Debug)]
 pub struct PretrainOptions {
@@ -156,9 +160,9 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
         let done_timed = progress.iteration - first_iteration - 1;
         let images_per_second = timed_since.map_or(0.0, |t| done_timed as f64 * batch / t.elapsed().as_secs_f64().max(1e-9));
 
-        if fit_to_budget && done_timed == 3 {
+        if fit_to_budget && done_timed == BUDGET_FIT_ITERATIONS {
             let budget = options.time_budget.unwrap();
-            let per_iteration = timed_since.unwrap().elapsed().as_secs_f64() / 3.0;
+            let per_iteration = timed_since.unwrap().elapsed().as_secs_f64() / BUDGET_FIT_ITERATIONS as f64;
             let remaining = budget.saturating_sub(started.elapsed()).as_secs_f64();
             progress.total_iters = progress.iteration + (remaining / per_iteration).floor() as u64;
             schedules = Schedules::new(&config, progress.total_iters);
