@@ -83,6 +83,10 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         overrides: args.overrides,
     };
     let summary = pretrain(&options)?;
+    if summary.iterations == 0 {
+        println!("wrote the initial (untrained) weights to {}", args.output.join("checkpoint").display());
+        return Ok(());
+    }
     println!(
         "pretrained {} iterations, {:.1} img/s, last loss {:.4}, {} images skipped; checkpoint in {}",
         summary.iterations,
