@@ -1,7 +1,7 @@
 //! Builds the elastic ViT supergraph from its architecture (dinov2's ViT with LayerScale, pre-norm blocks).
 
 use crate::arch::VitArch;
-use crate::error::Result;
+use crate::error::{IrError, Result};
 use crate::graph::{BlockSpan, Graph, Op};
 use crate::param::{Dim, Init, Param};
 use crate::space::ElasticSpace;
@@ -67,7 +67,7 @@ pub fn supergraph(arch: &VitArch) -> Result<Graph> {
 
         let h = layer_norm(&mut g, "norm1", x);
         let h = linear(&mut g, "attn.qkv", qkv, W, h);
-        let h = g.push(name("attn"), Op::Attention { head_dim: arch.head_dim }, vec![h], block);
+        let h = g.push(name("attn"), Op::Attention { head_dim: arch.head_dim, q_scaled: false }, vec![h], block);
         let h = linear(&mut g, "attn.proj", W, W, h);
         let h = layer_scale(&mut g, "ls1", h);
         x = g.push(name("add1"), Op::Add, vec![x, h], block);
@@ -84,6 +84,32 @@ pub fn supergraph(arch: &VitArch) -> Result<Graph> {
     g.output = g.push("norm", Op::LayerNorm { weight, bias, eps: arch.norm_eps }, vec![x], None);
     g.validate()?;
     Ok(g)
+}
+
+/// Checks that `g` is exactly the supergraph poac builds for `g.arch` — an elastic ViT poac knows, not a
+/// graph of another architecture or a hand-edited one — and names the first difference otherwise.
+pub fn check_known(g: &Graph) -> Result<()> {
+    let expected = supergraph(&g.arch)?;
+    let differ = |what: String| Err(IrError::Malformed(format!("not a poac elastic ViT supergraph: {what}")));
+    if g.subnet.is_some() {
+        return differ("it is already specialised to one sub-network".into());
+    }
+    if let Some((got, want)) = g.params.iter().zip(&expected.params).find(|(a, b)| a != b) {
+        return differ(format!("parameter `{}` {:?} where the ViT has `{}` {:?}", got.name, got.shape, want.name, want.shape));
+    }
+    if let Some((got, want)) = g.nodes.iter().zip(&expected.nodes).find(|(a, b)| a != b) {
+        return differ(format!("node `{}` ({}) where the ViT has `{}` ({})", got.name, got.op.kind(), want.name, want.op.kind()));
+    }
+    if (g.params.len(), g.nodes.len()) != (expected.params.len(), expected.nodes.len()) || g != &expected {
+        return differ(format!(
+            "{} nodes and {} parameters where the ViT has {} and {}",
+            g.nodes.len(),
+            g.params.len(),
+            expected.nodes.len(),
+            expected.params.len()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -124,6 +150,22 @@ mod tests {
         let g = supergraph(&tiny()).unwrap();
         assert_eq!(Graph::from_json(&g.to_json()).unwrap(), g);
         assert!(Graph::from_json("{\"nodes\": 3}").is_err());
+    }
+
+    #[test]
+    fn only_the_known_vit_passes_the_check() {
+        let g = supergraph(&tiny()).unwrap();
+        check_known(&g).unwrap();
+        let mut renamed = g.clone();
+        renamed.params[3].name = "stem.conv.weight".into();
+        assert!(check_known(&renamed).unwrap_err().to_string().contains("stem.conv.weight"));
+        let mut fewer = g.clone();
+        fewer.nodes.pop();
+        assert!(check_known(&fewer).unwrap_err().to_string().contains("nodes"));
+        let mut relu = g;
+        let gelu = relu.nodes.iter().position(|n| n.op == Op::Gelu).unwrap();
+        relu.nodes[gelu].op = Op::Add;
+        assert!(check_known(&relu).unwrap_err().to_string().contains("(add)"));
     }
 
     #[test]

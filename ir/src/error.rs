@@ -6,10 +6,12 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum IrError {
     /// A width that is not in the elastic space.
-    #[error("width {got} is not in the elastic space; valid widths: {valid} (or a fraction of {max} such as 0.5)")]
+    #[error("width {got} is not in the elastic space; valid widths (multiples of head_dim {head_dim}): {valid} (or a fraction of {max} such as 0.5)")]
     InvalidWidth {
         /// What the user asked for.
         got: String,
+        /// Channels per attention head: every width is a multiple of it.
+        head_dim: usize,
         /// The valid widths, listed.
         valid: String,
         /// The largest width.
@@ -35,6 +37,14 @@ pub enum IrError {
     /// A weight that is missing or has the wrong shape or type.
     #[error("weights: {0}")]
     Weights(String),
+    /// A value's shape does not fit the op that reads it.
+    #[error("shape mismatch at `{node}`: {message}")]
+    Shape {
+        /// The node whose inputs or parameters do not fit.
+        node: String,
+        /// What does not fit.
+        message: String,
+    },
     /// The graph is not well formed.
     #[error("malformed graph: {0}")]
     Malformed(String),

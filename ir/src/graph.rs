@@ -14,8 +14,16 @@ pub type ValueId = usize;
 /// The operations of a ViT, at the granularity a reader of the paper thinks in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
-    /// The graph input: images `[N, C, H, W]`, already normalised by mean/std.
+    /// The graph input: images `[N, C, H, W]`, normalised by mean/std unless a [`Op::Normalize`] follows.
     Image,
+    /// Per-channel input normalisation `(x - mean) / std` of raw `[0, 1]` pixels `[N, C, H, W]`; inserted by
+    /// `normalize-input` (`--bake-normalize`) and folded into the patch embedding by `fold-normalize`.
+    Normalize {
+        /// Per-channel mean.
+        mean: Vec<f32>,
+        /// Per-channel standard deviation.
+        std: Vec<f32>,
+    },
     /// Non-overlapping `patch × patch` convolution, flattened to tokens `[N, P, D]`.
     PatchEmbed {
         /// Kernel `[D, C, patch, patch]`.
@@ -59,10 +67,14 @@ pub enum Op {
         /// Factor on the input.
         alpha: f32,
     },
-    /// Multi-head self-attention core on packed qkv `[N, T, 3D] → [N, T, D]`, scale `head_dim^-0.5`.
+    /// Multi-head self-attention core on packed qkv `[N, T, 3D] → [N, T, D]`, logits scaled by
+    /// `head_dim^-0.5` — unless `q_scaled`, when that factor is already folded into the q rows of qkv.
     Attention {
         /// Channels per head (heads = D / head_dim).
         head_dim: usize,
+        /// The attention scale is folded into q (by `fold-attention-scale`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        q_scaled: bool,
     },
     /// Exact (erf) GELU.
     Gelu,
@@ -75,6 +87,16 @@ pub enum Op {
     Add,
     /// Takes the class token: `[N, T, D] → [N, D]`.
     ClsToken,
+    /// Takes the patch tokens: `[N, 1 + P, D] → [N, P, D]`.
+    PatchTokens,
+    /// Mean over tokens (average pooling): `[N, P, D] → [N, D]`.
+    MeanTokens,
+    /// Concatenates two or more values on the last axis: `[N, Dᵢ] → [N, ΣDᵢ]`.
+    Concat,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Op {
@@ -83,12 +105,13 @@ impl Op {
         self.clone().params_mut().into_iter().map(|p| *p).collect()
     }
 
-    /// How many values the op reads.
-    pub fn arity(&self) -> usize {
+    /// How many values the op reads; `None` for [`Op::Concat`], which reads two or more.
+    pub fn arity(&self) -> Option<usize> {
         match self {
-            Op::Image => 0,
-            Op::Add => 2,
-            _ => 1,
+            Op::Image => Some(0),
+            Op::Add => Some(2),
+            Op::Concat => None,
+            _ => Some(1),
         }
     }
 
@@ -101,7 +124,15 @@ impl Op {
                 vec![p]
             }
             Op::LayerScale { gamma } => vec![gamma],
-            Op::Image | Op::Attention { .. } | Op::Gelu | Op::Add | Op::ClsToken => Vec::new(),
+            Op::Image
+            | Op::Normalize { .. }
+            | Op::Attention { .. }
+            | Op::Gelu
+            | Op::Add
+            | Op::ClsToken
+            | Op::PatchTokens
+            | Op::MeanTokens
+            | Op::Concat => Vec::new(),
         }
     }
 
@@ -109,6 +140,7 @@ impl Op {
     pub fn kind(&self) -> &'static str {
         match self {
             Op::Image => "image",
+            Op::Normalize { .. } => "normalize",
             Op::PatchEmbed { .. } => "patch_embed",
             Op::MaskTokens { .. } => "mask_tokens",
             Op::PrependCls { .. } => "prepend_cls",
@@ -120,6 +152,9 @@ impl Op {
             Op::LayerScale { .. } => "layer_scale",
             Op::Add => "add",
             Op::ClsToken => "cls_token",
+            Op::PatchTokens => "patch_tokens",
+            Op::MeanTokens => "mean_tokens",
+            Op::Concat => "concat",
         }
     }
 }
@@ -183,8 +218,13 @@ impl Graph {
     /// parameter id exists.
     pub fn validate(&self) -> Result<()> {
         for (i, node) in self.nodes.iter().enumerate() {
-            if node.inputs.len() != node.op.arity() {
-                return Err(IrError::Malformed(format!("node {} ({}) reads {} values, its op takes {}", i, node.name, node.inputs.len(), node.op.arity())));
+            let arity_ok = match node.op.arity() {
+                Some(n) => node.inputs.len() == n,
+                None => node.inputs.len() >= 2,
+            };
+            if !arity_ok {
+                let takes = node.op.arity().map_or("two or more".to_string(), |n| n.to_string());
+                return Err(IrError::Malformed(format!("node {} ({}) reads {} values, its op takes {takes}", i, node.name, node.inputs.len())));
             }
             if let Some(bad) = node.inputs.iter().find(|&&v| v >= i) {
                 return Err(IrError::Malformed(format!("node {} ({}) reads %{bad}, not an earlier value", i, node.name)));
@@ -239,6 +279,31 @@ impl Graph {
         Ok(())
     }
 
+    /// How many times each value is read: by nodes, and once more if it is the graph output.
+    pub fn consumers(&self) -> Vec<usize> {
+        let mut count = vec![0usize; self.nodes.len()];
+        self.nodes.iter().flat_map(|n| &n.inputs).for_each(|&v| count[v] += 1);
+        count[self.output] += 1;
+        count
+    }
+
+    /// Inserts a node `op` reading `value` right after it, and makes every other reader of `value` (nodes, the
+    /// output, block spans) read the new node instead. Returns the new node's value.
+    pub fn insert_after(&mut self, value: ValueId, name: impl Into<String>, op: Op) -> ValueId {
+        let new = value + 1;
+        let shift = |v: ValueId| if v == value { new } else if v > value { v + 1 } else { v };
+        for node in &mut self.nodes {
+            node.inputs.iter_mut().for_each(|v| *v = shift(*v));
+        }
+        for block in &mut self.blocks {
+            *block = BlockSpan { index: block.index, input: shift(block.input), output: shift(block.output) };
+        }
+        self.output = shift(self.output);
+        let block = self.nodes[value].block;
+        self.nodes.insert(new, Node { name: name.into(), op, inputs: vec![value], block });
+        new
+    }
+
     /// Appends a node reading `inputs` and returns its value.
     pub fn push(&mut self, name: impl Into<String>, op: Op, inputs: Vec<ValueId>, block: Option<usize>) -> ValueId {
         self.nodes.push(Node { name: name.into(), op, inputs, block });
@@ -265,43 +330,47 @@ impl Graph {
             return Err(IrError::Malformed("the elastic space does not match the architecture".into()));
         }
         graph.validate()?;
+        crate::build::check_known(&graph)?;
         Ok(graph)
     }
 }
 
 impl fmt::Display for Graph {
-    /// One op a line: `%7 = linear blocks.0.attn.qkv (%6) weight[576, 192] α=1`.
+    /// One op a line, with its parameters (elastic dims as `W`, folded constants after them) and the shape of
+    /// its value (batch `N`): `%7 = linear blocks.0.attn.qkv (%6) weight[576, 192]×0.5 bias[576] : [N, 65, 576]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.subnet {
             Some(s) => format!("sub-network {s}"),
             None => format!("elastic supergraph, widths {:?}, depths {:?}", self.space.widths, self.space.depths),
         };
         writeln!(f, "graph ({what}), {} nodes, {} params", self.nodes.len(), self.params.len())?;
+        let shapes = crate::shape::infer(self).ok();
         for (i, node) in self.nodes.iter().enumerate() {
             let inputs: Vec<String> = node.inputs.iter().map(|v| format!("%{v}")).collect();
             write!(f, "  %{i} = {} {} ({})", node.op.kind(), node.name, inputs.join(", "))?;
             for p in node.op.params() {
                 let param = &self.params[p];
-                let dims: Vec<String> = param
-                    .shape
-                    .iter()
-                    .map(|d| match d {
-                        crate::Dim::Fixed(n) => n.to_string(),
-                        crate::Dim::Elastic { segments, per_width } => match (segments, per_width) {
-                            (1, 1) => "W".to_string(),
-                            (s, 1) => format!("{s}W"),
-                            (1, k) => format!("{k}W"),
-                            (s, k) => format!("{s}x{k}W"),
-                        },
-                    })
-                    .collect();
-                let scale = if param.view.scale != 1.0 { format!("×{}", param.view.scale) } else { String::new() };
-                write!(f, " {}[{}]{scale}", param.name.rsplit('.').next().unwrap_or(""), dims.join(", "))?;
+                let dims: Vec<String> = param.shape.iter().map(|d| d.to_string()).collect();
+                let key = param.name.rsplit('.').next().unwrap_or("");
+                write!(f, " {key}[{}]", dims.join(", "))?;
+                if param.view.scale != 1.0 {
+                    write!(f, "×{}", param.view.scale)?;
+                }
+                for fold in &param.view.folds {
+                    write!(f, " {fold}")?;
+                }
             }
             match &node.op {
                 Op::Linear { alpha, .. } if *alpha != 1.0 => write!(f, " α={alpha}")?,
-                Op::Attention { head_dim } => write!(f, " head_dim={head_dim}")?,
+                Op::Attention { head_dim, q_scaled } => {
+                    write!(f, " head_dim={head_dim}{}", if *q_scaled { " (scale folded into q)" } else { "" })?
+                }
+                Op::Normalize { mean, std } => write!(f, " mean={mean:?} std={std:?}")?,
                 _ => {}
+            }
+            if let Some(shape) = shapes.as_ref().map(|s| &s[i]) {
+                let dims: Vec<String> = std::iter::once("N".to_string()).chain(shape.iter().map(|d| d.to_string())).collect();
+                write!(f, " : [{}]", dims.join(", "))?;
             }
             writeln!(f)?;
         }

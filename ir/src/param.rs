@@ -1,6 +1,7 @@
 //! Parameters with elastic dimensions, and views that map a parameter onto the stored tensor.
 
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::ops::Range;
 
 /// Index of a parameter in [`crate::Graph::params`].
@@ -44,21 +45,106 @@ impl Dim {
     }
 }
 
-/// Which part of a stored tensor a parameter is, and a factor to multiply it by (folded α).
+impl fmt::Display for Dim {
+    /// `12` for a fixed axis, `W`, `3W`, `4W` for elastic ones.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Elastic { segments: 1, per_width: 1 } => write!(f, "W"),
+            Dim::Elastic { segments, per_width: 1 } | Dim::Elastic { segments: 1, per_width: segments } => {
+                write!(f, "{segments}W")
+            }
+            Dim::Elastic { segments, per_width } => write!(f, "{segments}x{per_width}W"),
+        }
+    }
+}
+
+/// Which part of a stored tensor a parameter is, a factor to multiply it by (folded α), and the constants
+/// folded into it afterwards (LayerScale, attention scale, input normalisation), applied in order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WeightView {
     /// Per axis, the stored ranges that are concatenated; empty means the whole stored tensor.
     pub axes: Vec<Vec<Range<usize>>>,
     /// Multiplies every element.
     pub scale: f32,
+    /// Constants folded into the values after slicing and scaling.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folds: Vec<Fold>,
 }
 
 impl WeightView {
     /// The whole stored tensor, unscaled.
     pub fn whole() -> Self {
-        WeightView { axes: Vec::new(), scale: 1.0 }
+        WeightView { axes: Vec::new(), scale: 1.0, folds: Vec::new() }
     }
 
+    /// Shape of the viewed tensor (the kept lengths per axis); `None` for a whole-tensor view.
+    pub fn sliced_shape(&self) -> Option<Vec<usize>> {
+        if self.axes.is_empty() {
+            return None;
+        }
+        Some(self.axes.iter().map(|ranges| ranges.iter().map(|r| r.len()).sum()).collect())
+    }
+}
+
+/// A view of another stored tensor, read by a [`Fold`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorRef {
+    /// Key of the stored tensor.
+    pub name: String,
+    /// Which part of it, with its own folds.
+    pub view: WeightView,
+}
+
+/// A constant folded into a parameter's values, so that the lowered network computes the same function with
+/// one op less. Each variant is exact algebra on the values (see the pass that creates it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Fold {
+    /// `x[.., i, ..] *= factor` for `i` in `range` along `axis` (attention scale into the q rows of qkv).
+    ScaleRange {
+        /// Axis of the parameter.
+        axis: usize,
+        /// Indices along it.
+        range: Range<usize>,
+        /// The factor.
+        factor: f32,
+    },
+    /// `x[.., i, ..] *= factors[i]` along `axis` (1 / std per input channel of a baked normalisation).
+    ScaleEach {
+        /// Axis of the parameter.
+        axis: usize,
+        /// One factor per index of the axis.
+        factors: Vec<f32>,
+    },
+    /// `x[.., i, ..] *= t[i]` along `axis`, `t` a 1-D tensor (LayerScale's gamma into the linear before it).
+    ScaleByTensor {
+        /// Axis of the parameter.
+        axis: usize,
+        /// The 1-D factor tensor.
+        tensor: TensorRef,
+    },
+    /// `x[o] += Σ_{c, rest} t[o, c, rest] · coefficients[c]` for a 1-D parameter `x` (a baked normalisation's
+    /// `-mean / std` contracted with the conv weight into the conv bias).
+    AddContraction {
+        /// The tensor `t`, at least 2-D, whose axis 0 matches `x`.
+        tensor: TensorRef,
+        /// One coefficient per index of `t`'s axis 1.
+        coefficients: Vec<f32>,
+    },
+}
+
+impl fmt::Display for Fold {
+    /// Compact, for `--dump-ir`: `·0.177[axis 0: 0..64]`, `·[4.37, 4.46, 4.44][axis 1]`, `⊙ls1.gamma`,
+    /// `+Σ patch_embed.proj.weight·[-2.12, -2.04, -1.8]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fold::ScaleRange { axis, range, factor } => write!(f, "·{factor}[axis {axis}: {range:?}]"),
+            Fold::ScaleEach { axis, factors } => write!(f, "·{factors:?}[axis {axis}]"),
+            Fold::ScaleByTensor { axis: 0, tensor } => write!(f, "⊙{}", tensor.name),
+            Fold::ScaleByTensor { axis, tensor } => write!(f, "⊙{}[axis {axis}]", tensor.name),
+            Fold::AddContraction { tensor, coefficients } => write!(f, "+Σ {}·{coefficients:?}", tensor.name),
+        }
+    }
 }
 
 /// How a parameter starts before training (dinov2's initialisation).

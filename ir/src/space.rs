@@ -166,7 +166,7 @@ impl ElasticSpace {
     }
 
     fn invalid_width(&self, got: String) -> IrError {
-        IrError::InvalidWidth { got, valid: list(&self.widths), max: self.max_width() }
+        IrError::InvalidWidth { got, head_dim: self.head_dim, valid: list(&self.widths), max: self.max_width() }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Size and cost of a (sub-)network: parameter count and FLOPs per image.
 
+use crate::error::Result;
 use crate::graph::{Graph, Op};
+use crate::shape;
 
 /// Number of scalar parameters the graph computes with (at its width; the mask token, a training-only
 /// parameter, is not counted).
@@ -16,28 +18,25 @@ pub fn param_count(g: &Graph) -> usize {
         .sum()
 }
 
-/// Floating-point operations (2 per multiply-add) of one image through the matmuls and convolutions; norms
-/// and element-wise ops are a rounding error and not counted.
-pub fn flops_per_image(g: &Graph) -> u64 {
-    let width = g.width();
-    let patches = g.arch.num_patches() as u64;
-    let tokens = patches + 1;
+/// Floating-point operations (2 per multiply-add) of one image through the matmuls and convolutions, from the
+/// inferred shapes; norms and element-wise ops are a rounding error and not counted.
+pub fn flops_per_image(g: &Graph) -> Result<u64> {
+    let shapes = shape::infer(g)?;
     let mut flops = 0u64;
-    for node in &g.nodes {
-        match node.op {
-            Op::PatchEmbed { weight, .. } => {
-                let w = g.params[weight].shape_at(width);
-                flops += 2 * patches * w.iter().product::<usize>() as u64;
+    for (node, out) in g.nodes.iter().zip(&shapes) {
+        let elements = |s: &[usize]| s.iter().product::<usize>() as u64;
+        flops += match node.op {
+            // Each output element of a conv or linear is one dot product over the kernel (minus its out axis).
+            Op::PatchEmbed { weight, .. } | Op::Linear { weight, .. } => {
+                let kernel = g.params[weight].shape_at(g.width());
+                2 * elements(out) * elements(&kernel[1..])
             }
-            Op::Linear { weight, .. } => {
-                let w = g.params[weight].shape_at(width);
-                flops += 2 * tokens * (w[0] * w[1]) as u64;
-            }
-            Op::Attention { .. } => flops += 2 * 2 * tokens * tokens * width as u64,
-            _ => {}
-        }
+            // q·kᵀ and probs·v: T·T·D multiply-adds each.
+            Op::Attention { .. } => 2 * 2 * (out[0] * out[0] * out[1]) as u64,
+            _ => 0,
+        };
     }
-    flops
+    Ok(flops)
 }
 
 #[cfg(test)]
@@ -59,7 +58,7 @@ mod tests {
         let params = param_count(&g);
         // timm's vit_small_patch16_224 backbone has 21,665,664 params + 384·2 for LayerScale gammas ×12 blocks.
         assert_eq!(params, 21_665_664 + 12 * 2 * 384);
-        let gflops = flops_per_image(&g) as f64 / 1e9;
+        let gflops = flops_per_image(&g).unwrap() as f64 / 1e9;
         assert!((gflops - 9.2).abs() < 0.1, "{gflops}");
     }
 }

@@ -2,6 +2,7 @@
 //! network has no extra multiply (POA_SPEC §3).
 
 use crate::pipeline::Pass;
+use crate::rewrite::exclusive;
 use poac_ir::{error::Result, Graph, IrError, Op};
 
 /// Multiplies each linear's weight by its α and resets α to 1.
@@ -19,8 +20,7 @@ impl Pass for FoldAlpha {
             if alpha == 1.0 {
                 continue;
             }
-            let shared = g.nodes.iter().filter(|n| n.op.params().contains(&weight)).count() > 1;
-            if shared {
+            if !exclusive(g, weight) {
                 let name = &g.params[weight].name;
                 return Err(IrError::Malformed(format!("cannot fold α into `{name}`: the weight is shared")));
             }
@@ -52,5 +52,18 @@ mod tests {
         assert_eq!(scale("blocks.0.attn.qkv.bias"), 1.0);
         assert_eq!(scale("patch_embed.proj.weight"), 1.0);
         assert!(!FoldAlpha.run(&mut g).unwrap());
+    }
+
+    #[test]
+    fn a_shared_weight_is_an_error() {
+        let mut g = tiny_supergraph();
+        Specialise { subnet: SubnetSpec { width: 4, depth: 1 } }.run(&mut g).unwrap();
+        let qkv = g.nodes.iter().position(|n| n.name == "blocks.0.attn.qkv").unwrap();
+        let proj = g.nodes.iter().position(|n| n.name == "blocks.0.attn.proj").unwrap();
+        let qkv_weight = g.nodes[qkv].op.params()[0];
+        if let Op::Linear { weight, .. } = &mut g.nodes[proj].op {
+            *weight = qkv_weight;
+        }
+        assert!(FoldAlpha.run(&mut g).unwrap_err().to_string().contains("shared"));
     }
 }

@@ -34,6 +34,7 @@ impl Pass for Specialise {
             param.view = WeightView {
                 axes: param.shape.iter().map(|d| d.kept_ranges(width, max_width)).collect(),
                 scale: 1.0,
+                folds: Vec::new(),
             };
             param.shape = param.shape.iter().map(|d| Dim::Fixed(d.at_width(width))).collect();
         }

@@ -1,10 +1,9 @@
-//! `poac inspect`: the elastic space of a checkpoint, one row per sub-network.
+//! `poac inspect`: the elastic space of a checkpoint, one row per sub-network, with the size of the ONNX file
+//! `poac lower` would write for it (computed from the emitted model, no file written, no weight read).
 
-use crate::train::checkpoint;
+use crate::lower::{LowerOptions, Source};
 use anyhow::Result;
 use clap::Args;
-use poac_ir::stats;
-use poac_passes::{specialise::Specialise, Pass};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -16,31 +15,36 @@ pub struct InspectArgs {
     json: bool,
 }
 
+/// One row: the sub-network's cost and its ONNX size with `poac lower`'s default options.
+#[derive(serde::Serialize)]
+struct Row {
+    #[serde(flatten)]
+    cost: crate::lower::SubnetCost,
+    onnx_bytes: usize,
+}
+
 pub fn run(args: InspectArgs) -> Result<()> {
-    let dir = checkpoint::resolve(&args.checkpoint)?;
-    let supergraph = checkpoint::read_graph(&dir)?;
-    let space = &supergraph.space;
+    let source = Source::open(&args.checkpoint)?;
     let mut rows = Vec::new();
-    for subnet in space.subnets() {
-        let mut g = supergraph.clone();
-        Specialise { subnet }.run(&mut g)?;
-        rows.push(serde_json::json!({
-            "width": subnet.width, "depth": subnet.depth, "heads": subnet.width / space.head_dim,
-            "params": stats::param_count(&g), "flops": stats::flops_per_image(&g),
-        }));
+    for subnet in source.supergraph.space.subnets() {
+        let (model, cost) = source.model(subnet, &LowerOptions::default(), |_, _, _| {})?;
+        rows.push(Row { cost, onnx_bytes: model.encoded_len() });
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{} sub-networks at {} px ({}):", rows.len(), supergraph.arch.img_size, dir.display());
-    println!("{:>6} {:>6} {:>6} {:>10} {:>10}", "width", "depth", "heads", "params(M)", "GFLOPs");
-    for r in &rows {
+    println!("{} sub-networks at {} px ({}):", rows.len(), source.supergraph.arch.img_size, source.dir.display());
+    println!("{:>6} {:>6} {:>6} {:>10} {:>10} {:>10}", "width", "depth", "heads", "params(M)", "GFLOPs", "ONNX(MB)");
+    for Row { cost: c, onnx_bytes } in &rows {
         println!(
-            "{:>6} {:>6} {:>6} {:>10.3} {:>10.4}",
-            r["width"], r["depth"], r["heads"],
-            r["params"].as_f64().unwrap_or(0.0) / 1e6,
-            r["flops"].as_f64().unwrap_or(0.0) / 1e9
+            "{:>6} {:>6} {:>6} {:>10.3} {:>10.4} {:>10.2}",
+            c.width,
+            c.depth,
+            c.heads,
+            c.params as f64 / 1e6,
+            c.flops as f64 / 1e9,
+            *onnx_bytes as f64 / 1e6
         );
     }
     Ok(())

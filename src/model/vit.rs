@@ -146,12 +146,15 @@ impl ElasticVit {
                     }
                     low(x(0)).linear(&low(&weight), bias.map(|b| low(&b)))
                 }
-                Op::Attention { head_dim } => attention(x(0), head_dim as i64),
+                Op::Attention { head_dim, q_scaled } => attention(x(0), head_dim as i64, q_scaled),
                 Op::Gelu => x(0).gelu("none"),
                 Op::LayerScale { .. } if plan.folded[index] => x(0).shallow_clone(),
                 Op::LayerScale { gamma } => x(0) * param(gamma),
                 Op::Add => x(0) + x(1),
                 Op::ClsToken => x(0).select(1, 0),
+                Op::Normalize { .. } | Op::PatchTokens | Op::MeanTokens | Op::Concat => {
+                    unreachable!("{} is added by lowering passes, never by specialise", node.op.kind())
+                }
             };
             values.push(out);
         }
@@ -159,13 +162,13 @@ impl ElasticVit {
     }
 }
 
-/// Multi-head self-attention on packed qkv `[N, T, 3w]`.
-fn attention(qkv: &Tensor, head_dim: i64) -> Tensor {
+/// Multi-head self-attention on packed qkv `[N, T, 3w]` (`q_scaled`: q already carries `head_dim^-0.5`).
+fn attention(qkv: &Tensor, head_dim: i64, q_scaled: bool) -> Tensor {
     let size = qkv.size();
     let (n, t, width) = (size[0], size[1], size[2] / 3);
     let qkv = qkv.view([n, t, 3, width / head_dim, head_dim]).permute([2, 0, 3, 1, 4]);
     let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-    let scale = (head_dim as f64).powf(-0.5);
+    let scale = if q_scaled { 1.0 } else { (head_dim as f64).powf(-0.5) };
     // Softmax in f32 whatever the compute kind (as autocast does); libtorch's fused CPU attention is as fast in
     // f32 but far slower in bf16 backward, so the three steps are spelled out.
     let probs = (&q * scale).matmul(&k.transpose(-2, -1)).softmax(-1, Kind::Float).to_kind(q.kind());
