@@ -25,6 +25,27 @@ pub struct Config {
     pub crops: CropsConfig,
     /// Batch, seed, checkpoints.
     pub train: TrainConfig,
+    /// k-NN monitoring of the teacher during training.
+    pub evaluation: EvaluationConfig,
+}
+
+/// `evaluation.*`: a quick k-NN of the teacher's smallest and intact sub-networks every few iterations, so a run
+/// shows whether every size is learning, not only the loss (dinov2's `eval_period_iterations`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Iterations between k-NN checks (and one at the end); 0 turns them off.
+    pub eval_period_iterations: usize,
+    /// Class-balanced training images the k-NN votes with.
+    pub knn_train_images: usize,
+    /// Class-balanced validation images it classifies.
+    pub knn_val_images: usize,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        EvaluationConfig { eval_period_iterations: 0, knn_train_images: 2000, knn_val_images: 500 }
+    }
 }
 
 /// `student.*`: the elastic ViT.
@@ -53,6 +74,9 @@ pub struct StudentConfig {
     pub mlp_ratio: usize,
     /// LayerScale initial value.
     pub layerscale: f32,
+    /// Stochastic depth of the students: every residual branch is dropped per sample with this probability
+    /// (uniform over blocks, as POA uses it). The teacher never drops.
+    pub drop_path_rate: f64,
 }
 
 impl Default for StudentConfig {
@@ -70,6 +94,7 @@ impl Default for StudentConfig {
             depth_interval: a.depth_interval,
             mlp_ratio: a.mlp_ratio,
             layerscale: a.layerscale_init,
+            drop_path_rate: 0.0,
         }
     }
 }
@@ -80,8 +105,10 @@ impl Default for StudentConfig {
 pub struct DinoConfig {
     /// Weight of the DINO class-token loss.
     pub loss_weight: f64,
-    /// Prototypes of the head's last layer.
-    pub head_n_prototypes: usize,
+    /// Prototypes of each projection head's last layer: one number, or a list for several heads whose
+    /// losses are averaged (POA's reference uses 8192, 16384, 32768, 65536).
+    #[serde(deserialize_with = "one_or_many")]
+    pub head_n_prototypes: Vec<usize>,
     /// Hidden size of the head's MLP.
     pub head_hidden_dim: usize,
     /// Bottleneck size before the prototypes.
@@ -100,7 +127,7 @@ impl Default for DinoConfig {
     fn default() -> Self {
         DinoConfig {
             loss_weight: 1.0,
-            head_n_prototypes: 65536,
+            head_n_prototypes: vec![65536],
             head_hidden_dim: 2048,
             head_bottleneck_dim: 256,
             koleo_loss_weight: 0.1,
@@ -186,6 +213,17 @@ pub struct OptimConfig {
     pub adamw_beta1: f64,
     /// AdamW β2.
     pub adamw_beta2: f64,
+    /// Epochs at the start during which the heads' prototype layers are frozen (dinov2 stabilises early
+    /// training this way).
+    pub freeze_last_layer_epochs: f64,
+    /// POA's `iter_num_scale`: the cosine schedules (lr, weight decay, teacher momentum) run over
+    /// `iterations / iter_num_scale`, so a run with a scale below 1 stops before they reach their ends.
+    pub iter_num_scale: f64,
+    /// Layer-wise lr decay: block `i` of `L` trains at `rate^(L − i)` of the lr, the embeddings at
+    /// `rate^(L + 1)`, the final norm and the head at the full lr (dinov2's rule); 1 turns it off.
+    pub layerwise_decay: f64,
+    /// Extra lr factor of the patch-embedding convolution (on top of the layer-wise factor).
+    pub patch_embed_lr_mult: f64,
 }
 
 impl Default for OptimConfig {
@@ -201,6 +239,10 @@ impl Default for OptimConfig {
             clip_grad: 1.5,
             adamw_beta1: 0.9,
             adamw_beta2: 0.999,
+            freeze_last_layer_epochs: 1.0,
+            iter_num_scale: 1.0,
+            layerwise_decay: 0.9,
+            patch_embed_lr_mult: 0.2,
         }
     }
 }
@@ -219,6 +261,15 @@ pub struct CropsConfig {
     pub local_crops_scale: [f64; 2],
     /// Side of a local crop.
     pub local_crops_size: usize,
+    /// Probability of a Gaussian blur on global crop 1 and on global crop 2 (dinov2: 1.0, 0.1).
+    pub global_crops_blur_probability: [f64; 2],
+    /// Probability of solarisation on global crop 1 and on global crop 2 (dinov2: 0.0, 0.2).
+    pub global_crops_solarize_probability: [f64; 2],
+    /// Probability of a Gaussian blur on each local crop (dinov2: 0.5).
+    pub local_crops_blur_probability: f64,
+    /// Range of the blur's standard deviation in pixels, drawn uniformly for every blurred crop (dinov2:
+    /// [0.1, 2.0]). The kernel has dinov2's 9 taps at 224 px global crops, fewer for smaller ones (3 at 32 px).
+    pub blur_sigma: [f64; 2],
 }
 
 impl Default for CropsConfig {
@@ -229,6 +280,10 @@ impl Default for CropsConfig {
             local_crops_number: 8,
             local_crops_scale: [0.05, 0.32],
             local_crops_size: 96,
+            global_crops_blur_probability: [1.0, 0.1],
+            global_crops_solarize_probability: [0.0, 0.2],
+            local_crops_blur_probability: 0.5,
+            blur_sigma: [0.1, 2.0],
         }
     }
 }
@@ -250,6 +305,9 @@ pub struct TrainConfig {
     /// `fp32`, or `bf16` for mixed precision (matmuls in bfloat16; parameters, norms, softmax and the residual
     /// stream in f32). bf16 is about 2× faster on CPUs with AVX-512 BF16.
     pub compute_precision: String,
+    /// How the teacher's outputs are centred: `sinkhorn_knopp` (3 iterations, dinov2/POA) or `centering`
+    /// (DINO's EMA centre, `dino.center_momentum`).
+    pub centering: String,
 }
 
 impl Default for TrainConfig {
@@ -261,8 +319,23 @@ impl Default for TrainConfig {
             num_workers: 1,
             saveckp_freq: 100,
             compute_precision: "fp32".into(),
+            centering: "sinkhorn_knopp".into(),
         }
     }
+}
+
+/// Reads a number or a list of numbers as a list (`head_n_prototypes: 1024` or `[1024, 2048]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Vec<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(usize),
+        Many(Vec<usize>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(n) => vec![n],
+        OneOrMany::Many(list) => list,
+    })
 }
 
 impl Config {
@@ -350,6 +423,9 @@ impl Config {
         if !["fp32", "bf16"].contains(&self.train.compute_precision.as_str()) {
             bail!("train.compute_precision `{}`; valid: fp32, bf16", self.train.compute_precision);
         }
+        if !["sinkhorn_knopp", "centering"].contains(&self.train.centering.as_str()) {
+            bail!("train.centering `{}`; valid: sinkhorn_knopp, centering", self.train.centering);
+        }
         if !["sqrt_wrt_1024", "linear_wrt_256"].contains(&self.optim.scaling_rule.as_str()) {
             bail!("optim.scaling_rule `{}`; valid: sqrt_wrt_1024, linear_wrt_256", self.optim.scaling_rule);
         }
@@ -370,8 +446,17 @@ impl Config {
             bail!("crops.global_crops_size and crops.local_crops_size must be positive");
         }
         let d = &self.dino;
-        if d.head_n_prototypes == 0 || d.head_hidden_dim == 0 || d.head_bottleneck_dim == 0 {
+        if d.head_n_prototypes.is_empty() || d.head_n_prototypes.contains(&0) || d.head_hidden_dim == 0 || d.head_bottleneck_dim == 0 {
             bail!("dino.head_n_prototypes, head_hidden_dim and head_bottleneck_dim must be positive");
+        }
+        if !(0.0..1.0).contains(&self.student.drop_path_rate) {
+            bail!("student.drop_path_rate {} must be in [0, 1)", self.student.drop_path_rate);
+        }
+        if !(self.optim.iter_num_scale > 0.0 && self.optim.iter_num_scale <= 1.0) {
+            bail!("optim.iter_num_scale {} must be in (0, 1]", self.optim.iter_num_scale);
+        }
+        if !(self.optim.layerwise_decay > 0.0 && self.optim.layerwise_decay <= 1.0) || self.optim.patch_embed_lr_mult < 0.0 {
+            bail!("optim.layerwise_decay must be in (0, 1] and optim.patch_embed_lr_mult at least 0");
         }
         if d.net_select_scale < 1.0 {
             bail!("dino.net_select_scale {} must be at least 1 (1 samples every sub-network equally)", d.net_select_scale);

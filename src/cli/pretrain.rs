@@ -11,12 +11,16 @@ pub struct PretrainArgs {
     /// YAML config (keys as in dinov2/POA; see configs/).
     #[arg(long)]
     config: PathBuf,
-    /// Dataset root in ImageNet layout.
-    #[arg(long)]
-    data: PathBuf,
+    /// Dataset root (ImageNet or ImageFolder layout: train/<class>/…, labels.txt optional), or folder:PATH for a
+    /// folder of unlabelled images (searched recursively).
+    #[arg(long, required_unless_present = "dry_run")]
+    data: Option<PathBuf>,
     /// Run folder: checkpoint/, metrics.jsonl, config.yaml.
+    #[arg(long, required_unless_present = "dry_run")]
+    output: Option<PathBuf>,
+    /// Print the resolved config, effective lr, elastic space, parameters and FLOPs per iteration; train nothing.
     #[arg(long)]
-    output: PathBuf,
+    dry_run: bool,
     /// Iterations to train (the schedules are stretched over them). 0 writes the initial (random) weights.
     #[arg(long)]
     max_iters: Option<u64>,
@@ -66,6 +70,12 @@ fn device(name: &str) -> Result<tch::Device> {
 }
 
 pub fn run(args: PretrainArgs) -> Result<()> {
+    if args.dry_run {
+        let config = crate::config::Config::load_with(&args.config, &args.overrides)?;
+        print!("{}", crate::train::dry_run::describe(&config)?);
+        return Ok(());
+    }
+    let (Some(data), Some(output)) = (args.data, args.output) else { bail!("--data and --output are required to train") };
     let device = device(&args.device)?;
     if let tch::Device::Cuda(_) = device {
         if !tch::Cuda::is_available() {
@@ -74,8 +84,8 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     }
     let options = PretrainOptions {
         config: args.config,
-        data: args.data,
-        output: args.output.clone(),
+        data,
+        output: output.clone(),
         max_iters: args.max_iters,
         time_budget: args.time_budget,
         resume: args.resume,
@@ -84,7 +94,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     };
     let summary = pretrain(&options)?;
     if summary.iterations == 0 {
-        println!("wrote the initial (untrained) weights to {}", args.output.join("checkpoint").display());
+        println!("wrote the initial (untrained) weights to {}", output.join("checkpoint").display());
         return Ok(());
     }
     println!(
@@ -93,7 +103,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         summary.images_per_second,
         summary.last_loss,
         summary.skipped_images,
-        args.output.join("checkpoint").display()
+        output.join("checkpoint").display()
     );
     Ok(())
 }

@@ -56,6 +56,15 @@ impl DinoHead {
         self.params = self.params.iter().map(|p| p.detach().set_requires_grad(on)).collect();
     }
 
+    /// Stops (or resumes) gradients into the prototype layer: dinov2 freezes it for the first epoch. A
+    /// frozen parameter gets no gradient, so the optimiser leaves it and its moments untouched.
+    pub fn freeze_last_layer(&self, frozen: bool) {
+        let last = &self.params[NAMES.len() - 1];
+        if last.requires_grad() == frozen {
+            let _ = last.set_requires_grad(!frozen);
+        }
+    }
+
     /// Runs the MLP's matmuls in `kind` (mixed precision, see `ElasticVit::set_compute_kind`); the
     /// normalisations and the prototype layer stay f32.
     pub fn set_compute_kind(&mut self, kind: Kind) {

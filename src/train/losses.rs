@@ -1,5 +1,5 @@
 //! POA's loss terms (POA_SPEC §5): DINO cross-view class-token loss, iBOT masked-patch loss, KoLeo, the
-//! intact→elastic distillation, and the teacher's EMA centring.
+//! intact→elastic distillation, and the centring of the teacher's outputs (Sinkhorn–Knopp or DINO's EMA).
 
 use tch::{Kind, Tensor};
 
@@ -44,28 +44,51 @@ pub fn koleo_loss(features: &Tensor) -> Tensor {
     -(distances + 1e-8).log().mean(Kind::Float)
 }
 
-/// The teacher's EMA centre (DINO): probabilities are `softmax((logits − centre) / temp)`, and the centre moves
-/// towards the batch mean of the logits after each step.
+/// Sinkhorn–Knopp iterations of the teacher's centring (dinov2 and POA use 3).
+pub const SINKHORN_ITERATIONS: usize = 3;
+
+/// Teacher targets `[M, K]` by Sinkhorn–Knopp (SwAV, dinov2): `exp(logits / temp)` normalised alternately so
+/// that every prototype gets an equal share of the batch (rows of `Qᵀ` sum to 1/K) and every sample is a
+/// distribution (columns sum to 1/M), `iterations` times; returned as per-sample distributions (rows sum to 1).
+pub fn sinkhorn_knopp(logits: &Tensor, temp: f64, iterations: usize) -> Tensor {
+    let (m, k) = (logits.size()[0] as f64, logits.size()[1] as f64);
+    let scaled = logits.to_kind(Kind::Float) / temp;
+    // Subtracting the maximum leaves the result unchanged (it is normalised) and keeps exp finite.
+    let mut q = (&scaled - scaled.max()).exp().tr();
+    q = &q / q.sum(Kind::Float);
+    for _ in 0..iterations {
+        q = &q / q.sum_dim_intlist(1, true, Kind::Float) / k;
+        q = &q / q.sum_dim_intlist(0, true, Kind::Float) / m;
+    }
+    (q * m).tr()
+}
+
+/// How the teacher's outputs become targets: Sinkhorn–Knopp, or DINO's EMA centre — probabilities are
+/// `softmax((logits − centre) / temp)` and the centre moves towards the batch mean of the logits after each step.
 pub struct Centering {
-    /// The centre `[1, K]`.
+    /// The EMA centre `[1, K]` (unused, kept at zero, with Sinkhorn–Knopp).
     pub center: Tensor,
     momentum: f64,
+    sinkhorn_knopp: bool,
 }
 
 impl Centering {
-    /// A zero centre over `k` prototypes.
-    pub fn new(k: i64, momentum: f64, device: tch::Device) -> Self {
-        Centering { center: Tensor::zeros([1, k], (Kind::Float, device)), momentum }
+    /// A zero EMA centre over `k` prototypes, or Sinkhorn–Knopp when `sinkhorn_knopp`.
+    pub fn new(k: i64, momentum: f64, sinkhorn_knopp: bool, device: tch::Device) -> Self {
+        Centering { center: Tensor::zeros([1, k], (Kind::Float, device)), momentum, sinkhorn_knopp }
     }
 
     /// Centred, sharpened probabilities of teacher logits `[M, K]`.
     pub fn probs(&self, logits: &Tensor, temp: f64) -> Tensor {
+        if self.sinkhorn_knopp {
+            return sinkhorn_knopp(logits, temp, SINKHORN_ITERATIONS);
+        }
         ((logits - &self.center) / temp).softmax(-1, Kind::Float)
     }
 
-    /// Moves the centre towards the mean of `logits`.
+    /// Moves the EMA centre towards the mean of `logits` (nothing to do for Sinkhorn–Knopp).
     pub fn update(&mut self, logits: &Tensor) {
-        if logits.size()[0] == 0 {
+        if self.sinkhorn_knopp || logits.size()[0] == 0 {
             return;
         }
         let mean = logits.mean_dim(0, true, Kind::Float);
@@ -111,9 +134,21 @@ mod tests {
 
     #[test]
     fn centre_moves_by_ema() {
-        let mut c = Centering::new(2, 0.9, tch::Device::Cpu);
+        let mut c = Centering::new(2, 0.9, false, tch::Device::Cpu);
         c.update(&Tensor::from_slice(&[1.0f32, 3.0, 3.0, 5.0]).view([2, 2]));
         let got: Vec<f32> = Vec::try_from(c.center.view([-1])).unwrap();
         assert!((got[0] - 0.2).abs() < 1e-6 && (got[1] - 0.4).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sinkhorn_knopp_balances_prototypes() {
+        // After the last column step each sample is a distribution; with enough iterations every prototype
+        // also gets an equal share M/K of the mass.
+        let logits = Tensor::from_slice(&[0.9f32, 0.1, -0.3, 0.5, 0.7, -0.2, 0.0, 0.3, -0.8, 0.6, 0.2, 0.4]).view([4, 3]);
+        let q = sinkhorn_knopp(&logits, 0.1, 200);
+        let rows: Vec<f32> = Vec::try_from(q.sum_dim_intlist(1, false, Kind::Float)).unwrap();
+        let cols: Vec<f32> = Vec::try_from(q.sum_dim_intlist(0, false, Kind::Float)).unwrap();
+        assert!(rows.iter().all(|r| (r - 1.0).abs() < 1e-5), "{rows:?}");
+        assert!(cols.iter().all(|c| (c - 4.0 / 3.0).abs() < 1e-4), "{cols:?}");
     }
 }

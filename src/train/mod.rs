@@ -3,7 +3,10 @@
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod dry_run;
 pub mod losses;
+mod monitor;
+pub mod param_groups;
 mod poa;
 pub mod sampler;
 pub mod schedule;
@@ -14,6 +17,7 @@ use crate::data::{DatasetIndex, Split};
 use anyhow::{bail, Context, Result};
 use checkpoint::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
+use monitor::KnnMonitor;
 use poa::Poa;
 use sampler::ElasticSampler;
 use schedule::Schedules;
@@ -100,23 +104,13 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
     let mut schedules = Schedules::new(&config, progress.total_iters);
     let mut sampler = ElasticSampler::new(&poa.student.graph().space, config.dino.net_select_scale, config.train.seed);
 
-    let crops = &config.crops;
-    let spec = MultiCropSpec {
-        batch_size: config.train.batch_size,
-        global_size: crops.global_crops_size,
-        global_scale: crops.global_crops_scale,
-        local_number: crops.local_crops_number,
-        local_size: crops.local_crops_size,
-        local_scale: crops.local_crops_scale,
-        patch_size: config.student.patch_size,
-        mask_probability: config.ibot.mask_sample_probability,
-        mask_ratio: config.ibot.mask_ratio_min_max,
-    };
+    let spec = MultiCropSpec::from_config(&config)?;
     if index.train.len() < config.train.batch_size {
         bail!("the training split has {} images, fewer than train.batch_size {}", index.train.len(), config.train.batch_size);
     }
     let mut loader = TrainLoader::start(index.root(), index.split(Split::Train).to_vec(), spec, config.train.seed, progress.iteration, config.train.num_workers);
 
+    let monitor = KnnMonitor::new(&config, &index, &poa.student.graph().space, options.device)?;
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
@@ -128,16 +122,42 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
     let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(run.join("metrics.jsonl"))?;
     let started = Instant::now();
     let first_iteration = progress.iteration;
-    let mut timed_since: Option<Instant> = None;
+    // When timing started (after the first iteration) and the k-NN time spent until then.
+    let mut timed_since: Option<(Instant, Duration)> = None;
     let mut last_loss = f64::NAN;
     let batch = config.train.batch_size as f64;
+    let mut last_knn = None;
+    // Returns the time it took, which does not count against the time budget.
+    let mut check_knn = |iteration: u64, poa: &Poa, metrics: &mut std::fs::File, bar: &ProgressBar| -> Result<Duration> {
+        let Some(monitor) = &monitor else { return Ok(Duration::ZERO) };
+        if last_knn == Some(iteration) {
+            return Ok(Duration::ZERO);
+        }
+        last_knn = Some(iteration);
+        let t0 = Instant::now();
+        let mut line = serde_json::json!({ "iteration": iteration });
+        for (name, model) in [("teacher", poa.teacher()), ("student", &poa.student)] {
+            let scores = monitor.evaluate(model);
+            let shown: Vec<String> = scores.iter().map(|(s, top1)| format!("{s} {:.1}", 100.0 * top1)).collect();
+            bar.suspend(|| eprintln!("k-NN@20 of the {name} at iteration {iteration}: {}", shown.join(" | ")));
+            let knn: serde_json::Map<String, serde_json::Value> = scores.iter().map(|(s, top1)| (s.to_string(), (*top1).into())).collect();
+            line[format!("knn20_{name}")] = knn.into();
+        }
+        writeln!(metrics, "{line}")?;
+        Ok(t0.elapsed())
+    };
+    let period = config.evaluation.eval_period_iterations as u64;
+    let mut monitor_time = Duration::ZERO;
+    if progress.iteration == 0 {
+        monitor_time += check_knn(0, &poa, &mut metrics, &bar)?;
+    }
 
     while progress.iteration < progress.total_iters {
         if interrupted.load(Ordering::SeqCst) {
             bar.suspend(|| eprintln!("interrupted: saving a checkpoint and stopping"));
             break;
         }
-        if options.time_budget.is_some_and(|b| started.elapsed() >= b) {
+        if options.time_budget.is_some_and(|b| started.elapsed().saturating_sub(monitor_time) >= b) {
             break;
         }
         let t0 = Instant::now();
@@ -145,6 +165,8 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
         let values = schedules.at(it);
         let subnet = sampler.at(it);
         let crop_batch = loader.next_batch()?;
+        // libtorch's generator (drop-path) is re-seeded from the iteration, so a resumed run draws the same.
+        tch::manual_seed((config.train.seed ^ it.wrapping_mul(0x2545_F491_4F6C_DD1D)) as i64);
         let losses = poa.step(&crop_batch, subnet, values)?;
         let loss = losses.total.double_value(&[]);
         if !loss.is_finite() {
@@ -155,15 +177,16 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
         progress.adam_step = poa.adam.step;
         progress.elapsed_s += t0.elapsed().as_secs_f64();
         if it == first_iteration {
-            timed_since = Some(Instant::now());
+            timed_since = Some((Instant::now(), monitor_time));
         }
         let done_timed = progress.iteration - first_iteration - 1;
-        let images_per_second = timed_since.map_or(0.0, |t| done_timed as f64 * batch / t.elapsed().as_secs_f64().max(1e-9));
+        let timed_secs = timed_since.map_or(0.0, |(t, before)| t.elapsed().saturating_sub(monitor_time - before).as_secs_f64());
+        let images_per_second = if done_timed > 0 { done_timed as f64 * batch / timed_secs.max(1e-9) } else { 0.0 };
 
         if fit_to_budget && done_timed == BUDGET_FIT_ITERATIONS {
             let budget = options.time_budget.unwrap();
-            let per_iteration = timed_since.unwrap().elapsed().as_secs_f64() / BUDGET_FIT_ITERATIONS as f64;
-            let remaining = budget.saturating_sub(started.elapsed()).as_secs_f64();
+            let per_iteration = timed_secs / BUDGET_FIT_ITERATIONS as f64;
+            let remaining = budget.saturating_sub(started.elapsed().saturating_sub(monitor_time)).as_secs_f64();
             progress.total_iters = progress.iteration + (remaining / per_iteration).floor() as u64;
             schedules = Schedules::new(&config, progress.total_iters);
             bar.set_length(progress.total_iters);
@@ -178,7 +201,8 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
         bar.set_message(status);
         let line = serde_json::json!({
             "iteration": it, "loss": loss, "intact": losses.intact, "elastic": losses.elastic,
-            "intact_to_elastic": losses.intact_to_elastic, "elastic_subnet": subnet.to_string(),
+            "intact_to_elastic": losses.intact_to_elastic, "intact_dino": losses.intact_dino,
+            "elastic_dino": losses.elastic_dino, "elastic_subnet": subnet.to_string(),
             "lr": values.lr, "weight_decay": values.weight_decay, "momentum": values.momentum,
             "teacher_temp": values.teacher_temp, "images_per_second": images_per_second,
             "skipped_images": loader.skipped_total.load(Ordering::Relaxed), "elapsed_s": progress.elapsed_s,
@@ -187,11 +211,16 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
         if progress.iteration % config.train.saveckp_freq as u64 == 0 {
             poa.save(run, &progress)?;
         }
+        if period > 0 && progress.iteration % period == 0 {
+            monitor_time += check_knn(progress.iteration, &poa, &mut metrics, &bar)?;
+        }
     }
     poa.save(run, &progress)?;
-    bar.finish_and_clear();
     let timed = progress.iteration.saturating_sub(first_iteration + 1);
-    let images_per_second = timed_since.map_or(0.0, |t| timed as f64 * batch / t.elapsed().as_secs_f64().max(1e-9));
+    let timed_secs = timed_since.map_or(0.0, |(t, before)| t.elapsed().saturating_sub(monitor_time - before).as_secs_f64());
+    let images_per_second = if timed > 0 { timed as f64 * batch / timed_secs.max(1e-9) } else { 0.0 };
+    check_knn(progress.iteration, &poa, &mut metrics, &bar)?;
+    bar.finish_and_clear();
     let skipped_images = loader.skipped_total.load(Ordering::Relaxed);
     Ok(Summary { iterations: progress.iteration, images_per_second, last_loss, skipped_images })
 }

@@ -1,7 +1,8 @@
 //! The three networks of POA and one training iteration: the EMA teacher, the intact student and the elastic
 //! student (a sub-network of the intact one, sharing its parameters), their heads, the optimiser and centres.
 
-use super::adamw::AdamW;
+use super::adamw::{AdamW, ParamGroup};
+use super::param_groups::{backbone_group, head_group};
 use super::checkpoint::{self, Progress};
 use super::losses::{cross_entropy, dino_loss, ibot_loss, koleo_loss, Centering};
 use super::schedule::ScheduleValues;
@@ -10,7 +11,6 @@ use crate::data::loader::CropBatch;
 use crate::model::{head, DinoHead, ElasticVit};
 use anyhow::{bail, Context, Result};
 use poac_ir::{build::supergraph, SubnetSpec};
-use std::collections::HashMap;
 use tch::{no_grad, Device, Kind, Tensor};
 
 /// Loss terms of one iteration, for logging.
@@ -23,6 +23,10 @@ pub struct Losses {
     pub elastic: f64,
     /// The intact→elastic distillation term.
     pub intact_to_elastic: f64,
+    /// The DINO (class-token) part of the intact student's term.
+    pub intact_dino: f64,
+    /// The DINO part of the elastic student's term.
+    pub elastic_dino: f64,
 }
 
 /// The networks and optimiser state of a run.
@@ -31,22 +35,28 @@ pub struct Poa {
     pub config: Config,
     /// The student (intact and elastic).
     pub student: ElasticVit,
-    student_head: DinoHead,
+    /// The student's projection heads (one per entry of `dino.head_n_prototypes`), shared by both students.
+    student_heads: Vec<DinoHead>,
     teacher: ElasticVit,
-    teacher_head: DinoHead,
-    /// The optimiser of the student and its head.
+    teacher_heads: Vec<DinoHead>,
+    /// The optimiser of the student and its heads.
     pub adam: AdamW,
-    decay: Vec<bool>,
-    dino_center: Centering,
-    ibot_center: Centering,
+    groups: Vec<ParamGroup>,
+    /// Per head: the centring of the teacher's class-token and patch-token outputs.
+    centers: Vec<(Centering, Centering)>,
 }
 
 /// Outputs of one student (intact or elastic) on a batch.
 struct StudentOutputs {
-    global_logits: Tensor,
-    local_logits: Tensor,
-    patch_logits: Tensor,
+    /// Class tokens of the global crops, crop-major `[2B, w]` (for KoLeo).
     global_cls: Tensor,
+    /// Per head: prototype logits of the global class tokens, the local class tokens and the masked patches.
+    heads: Vec<[Tensor; 3]>,
+}
+
+/// Key prefix of head `h`'s parameters in the training state (`student_head.0.mlp.0.weight`, …).
+fn head_prefix(network: &str, h: usize) -> String {
+    format!("{network}_head.{h}.")
 }
 
 impl Poa {
@@ -54,40 +64,44 @@ impl Poa {
     pub fn fresh(config: Config, device: Device) -> Result<Self> {
         let graph = supergraph(&config.arch())?;
         let width = graph.space.max_width();
-        let mut student = ElasticVit::new(graph, device);
+        let student = ElasticVit::new(graph, device);
         let d = &config.dino;
-        let mut student_head = DinoHead::new(width, d.head_hidden_dim, d.head_bottleneck_dim, d.head_n_prototypes, device);
+        let student_heads: Vec<DinoHead> =
+            d.head_n_prototypes.iter().map(|&k| DinoHead::new(width, d.head_hidden_dim, d.head_bottleneck_dim, k, device)).collect();
         let teacher = ElasticVit::from_named(student.graph().clone(), student.named_params().into_iter().map(|(k, t)| (k, t.copy())).collect())?;
-        let teacher_head = DinoHead::from_params(student_head.params().iter().map(|t| t.copy()).collect());
-        student.set_requires_grad(true);
-        student_head.set_requires_grad(true);
-        Ok(Self::assemble(config, student, student_head, teacher, teacher_head, device))
+        let teacher_heads = student_heads.iter().map(|h| DinoHead::from_params(h.params().iter().map(|t| t.copy()).collect())).collect();
+        Ok(Self::assemble(config, student, student_heads, teacher, teacher_heads, device))
     }
 
-    fn assemble(config: Config, mut student: ElasticVit, mut student_head: DinoHead, mut teacher: ElasticVit, mut teacher_head: DinoHead, device: Device) -> Self {
+    fn assemble(config: Config, mut student: ElasticVit, mut student_heads: Vec<DinoHead>, mut teacher: ElasticVit, mut teacher_heads: Vec<DinoHead>, device: Device) -> Self {
         let kind = config.compute_kind();
+        student.set_requires_grad(true);
         student.set_compute_kind(kind);
         teacher.set_compute_kind(kind);
-        student_head.set_compute_kind(kind);
-        teacher_head.set_compute_kind(kind);
-        let names: Vec<String> = student.named_params().into_iter().chain(student_head.named_params()).map(|(k, _)| k).collect();
-        // dinov2: no weight decay on biases, norms and LayerScale gammas.
-        let decay = names.iter().map(|n| !(n.ends_with(".bias") || n.contains("norm") || n.contains("gamma"))).collect();
-        let params: Vec<Tensor> = student.params().iter().chain(student_head.params()).map(|t| t.shallow_clone()).collect();
-        let adam = AdamW::new(&params, config.optim.adamw_beta1, config.optim.adamw_beta2);
-        let k = config.dino.head_n_prototypes as i64;
-        let momentum = config.dino.center_momentum;
-        Poa {
-            student,
-            student_head,
-            teacher,
-            teacher_head,
-            adam,
-            decay,
-            dino_center: Centering::new(k, momentum, device),
-            ibot_center: Centering::new(k, momentum, device),
-            config,
+        for head in student_heads.iter_mut() {
+            head.set_requires_grad(true);
         }
+        for head in student_heads.iter_mut().chain(teacher_heads.iter_mut()) {
+            head.set_compute_kind(kind);
+        }
+        let blocks = student.graph().space.max_depth();
+        let o = &config.optim;
+        let groups = student
+            .named_params()
+            .iter()
+            .map(|(name, _)| backbone_group(name, blocks, o.layerwise_decay, o.patch_embed_lr_mult))
+            .chain(student_heads.iter().flat_map(|h| h.named_params().into_iter().map(|(name, _)| head_group(&name))))
+            .collect();
+        let params: Vec<Tensor> = student.params().iter().chain(student_heads.iter().flat_map(|h| h.params())).map(|t| t.shallow_clone()).collect();
+        let adam = AdamW::new(&params, o.adamw_beta1, o.adamw_beta2);
+        let (momentum, sinkhorn_knopp) = (config.dino.center_momentum, config.train.centering == "sinkhorn_knopp");
+        let centers = config
+            .dino
+            .head_n_prototypes
+            .iter()
+            .map(|&k| (Centering::new(k as i64, momentum, sinkhorn_knopp, device), Centering::new(k as i64, momentum, sinkhorn_knopp, device)))
+            .collect();
+        Poa { student, student_heads, teacher, teacher_heads, adam, groups, centers, config }
     }
 
     /// Networks, optimiser and centres from the checkpoint of `run`.
@@ -98,42 +112,44 @@ impl Poa {
             bail!("the config's architecture differs from the checkpoint's in {}; resume with the run's own config.yaml", run.display());
         }
         let mut state = ckpt.train_state;
-        let mut take = |prefix: &str, names: Vec<String>| -> Result<HashMap<String, Tensor>> {
-            names
-                .into_iter()
-                .map(|n| {
-                    let key = format!("{prefix}{n}");
-                    let t = state.remove(&key).with_context(|| format!("the checkpoint has no `{key}`"))?;
-                    Ok((n, t.to_device(device)))
-                })
-                .collect()
+        let mut take = |key: String| -> Result<Tensor> {
+            let t = state.remove(&key).with_context(|| format!("the checkpoint has no `{key}` (was it written with another config?)"))?;
+            Ok(t.to_device(device))
         };
-        let names: Vec<String> = graph.params.iter().map(|p| p.name.clone()).collect();
-        let mut student = ElasticVit::from_named(graph.clone(), take("student.", names)?)?;
+        let student_named = graph.params.iter().map(|p| Ok((p.name.clone(), take(format!("student.{}", p.name))?))).collect::<Result<_>>()?;
+        let student = ElasticVit::from_named(graph.clone(), student_named)?;
         let teacher = ElasticVit::from_named(graph, ckpt.teacher.into_iter().map(|(k, t)| (k, t.to_device(device))).collect())?;
         let d = &config.dino;
-        let head_names: Vec<String> = head::NAMES.iter().map(|n| n.to_string()).collect();
-        let mut heads = |prefix: &str| -> Result<DinoHead> {
-            let mut map = take(prefix, head_names.clone())?;
-            Ok(DinoHead::from_params(head_names.iter().map(|n| map.remove(n).unwrap()).collect()))
+        let mut heads = |network: &str| -> Result<Vec<DinoHead>> {
+            (0..d.head_n_prototypes.len())
+                .map(|h| Ok(DinoHead::from_params(head::NAMES.iter().map(|n| take(format!("{}{n}", head_prefix(network, h)))).collect::<Result<_>>()?)))
+                .collect()
         };
-        let mut student_head = heads("student_head.")?;
-        let teacher_head = heads("teacher_head.")?;
-        let expected = [d.head_hidden_dim, d.head_bottleneck_dim, d.head_n_prototypes].map(|n| n as i64);
-        if student_head.dims() != expected {
-            bail!("the config's dino head sizes (hidden, bottleneck, prototypes) {expected:?} differ from the checkpoint's {:?}", student_head.dims());
+        let student_heads = heads("student")?;
+        let teacher_heads = heads("teacher")?;
+        for (head, &k) in student_heads.iter().zip(&d.head_n_prototypes) {
+            let expected = [d.head_hidden_dim, d.head_bottleneck_dim, k].map(|n| n as i64);
+            if head.dims() != expected {
+                bail!("the config's dino head sizes (hidden, bottleneck, prototypes) {expected:?} differ from the checkpoint's {:?}", head.dims());
+            }
         }
-        student.set_requires_grad(true);
-        student_head.set_requires_grad(true);
-        let mut poa = Self::assemble(config, student, student_head, teacher, teacher_head, device);
+        let mut poa = Self::assemble(config, student, student_heads, teacher, teacher_heads, device);
         for i in 0..poa.adam.m.len() {
-            poa.adam.m[i] = state.remove(&format!("adam.m.{i}")).context("the checkpoint has no optimiser state")?.to_device(device);
-            poa.adam.v[i] = state.remove(&format!("adam.v.{i}")).context("the checkpoint has no optimiser state")?.to_device(device);
+            poa.adam.m[i] = take(format!("adam.m.{i}"))?;
+            poa.adam.v[i] = take(format!("adam.v.{i}"))?;
         }
+        poa.adam.param_steps = Vec::try_from(take("adam.param_steps".into())?.to_device(Device::Cpu))?;
         poa.adam.step = ckpt.progress.adam_step;
-        poa.dino_center.center = state.remove("center.dino").context("no center.dino")?.to_device(device);
-        poa.ibot_center.center = state.remove("center.ibot").context("no center.ibot")?.to_device(device);
+        for (h, (dino, ibot)) in poa.centers.iter_mut().enumerate() {
+            dino.center = take(format!("center.dino.{h}"))?;
+            ibot.center = take(format!("center.ibot.{h}"))?;
+        }
         Ok((poa, ckpt.progress))
+    }
+
+    /// The EMA teacher: the network a checkpoint deploys.
+    pub fn teacher(&self) -> &ElasticVit {
+        &self.teacher
     }
 
     /// Writes a checkpoint of everything into `run`.
@@ -142,83 +158,111 @@ impl Poa {
             named.into_iter().map(|(k, t)| (format!("{prefix}{k}"), t.shallow_clone())).collect()
         };
         let mut state = prefixed("student.", self.student.named_params());
-        state.extend(prefixed("student_head.", self.student_head.named_params()));
-        state.extend(prefixed("teacher_head.", self.teacher_head.named_params()));
+        for (h, (s, t)) in self.student_heads.iter().zip(&self.teacher_heads).enumerate() {
+            state.extend(prefixed(&head_prefix("student", h), s.named_params()));
+            state.extend(prefixed(&head_prefix("teacher", h), t.named_params()));
+        }
         for (i, (m, v)) in self.adam.m.iter().zip(&self.adam.v).enumerate() {
             state.push((format!("adam.m.{i}"), m.shallow_clone()));
             state.push((format!("adam.v.{i}"), v.shallow_clone()));
         }
-        state.push(("center.dino".into(), self.dino_center.center.shallow_clone()));
-        state.push(("center.ibot".into(), self.ibot_center.center.shallow_clone()));
+        state.push(("adam.param_steps".into(), Tensor::from_slice(&self.adam.param_steps)));
+        for (h, (dino, ibot)) in self.centers.iter().enumerate() {
+            state.push((format!("center.dino.{h}"), dino.center.shallow_clone()));
+            state.push((format!("center.ibot.{h}"), ibot.center.shallow_clone()));
+        }
         let state_refs: Vec<(String, &Tensor)> = state.iter().map(|(k, t)| (k.clone(), t)).collect();
         checkpoint::save(run, self.teacher.graph(), &self.teacher.named_params(), &state_refs, progress)
     }
 
     fn student_outputs(&self, batch: &CropBatch, subnet: SubnetSpec, masks: &Tensor, mask_index: &Tensor) -> StudentOutputs {
-        let global_tokens = self.student.forward(&batch.global, subnet, Some(masks));
-        let local_tokens = self.student.forward(&batch.local, subnet, None);
+        let drop_path = self.config.student.drop_path_rate;
+        let global_tokens = self.student.forward_train(&batch.global, subnet, Some(masks), drop_path);
+        let local_tokens = self.student.forward_train(&batch.local, subnet, None, drop_path);
         let global_cls = global_tokens.select(1, 0);
         let width = subnet.width as i64;
         let patches = global_tokens.narrow(1, 1, global_tokens.size()[1] - 1).reshape([-1, width]).index_select(0, mask_index);
-        let (n_global, n_local) = (global_cls.size()[0], local_tokens.size()[0]);
-        let logits = self.student_head.forward(&Tensor::cat(&[global_cls.shallow_clone(), local_tokens.select(1, 0), patches], 0));
-        StudentOutputs {
-            global_logits: logits.narrow(0, 0, n_global),
-            local_logits: logits.narrow(0, n_global, n_local),
-            patch_logits: logits.narrow(0, n_global + n_local, logits.size()[0] - n_global - n_local),
-            global_cls,
-        }
+        let (n_global, n_local, n_patches) = (global_cls.size()[0], local_tokens.size()[0], patches.size()[0]);
+        let features = Tensor::cat(&[global_cls.shallow_clone(), local_tokens.select(1, 0), patches], 0);
+        let heads = self
+            .student_heads
+            .iter()
+            .map(|head| {
+                let logits = head.forward(&features);
+                [logits.narrow(0, 0, n_global), logits.narrow(0, n_global, n_local), logits.narrow(0, n_global + n_local, n_patches)]
+            })
+            .collect();
+        StudentOutputs { global_cls, heads }
     }
 
     /// One POA iteration: forward teacher and both students, backward, clip, AdamW, EMA.
     pub fn step(&mut self, batch: &CropBatch, subnet: SubnetSpec, v: ScheduleValues) -> Result<Losses> {
         let device = self.student.params()[0].device();
         let batch = CropBatch { global: batch.global.to_device(device), local: batch.local.to_device(device), masks: batch.masks.to_device(device), skipped: 0 };
-        let cfg = &self.config;
-        let b = cfg.train.batch_size as i64;
+        let b = self.config.train.batch_size as i64;
         let intact = self.student.graph().space.intact();
         let masks = &batch.masks;
         let mask_index = masks.flatten(0, 1).nonzero().squeeze_dim(1);
         let n_masked = mask_index.size()[0];
-        let ibot_on = v.ibot_active && n_masked > 0 && cfg.ibot.loss_weight > 0.0;
+        let ibot_on = v.ibot_active && n_masked > 0 && self.config.ibot.loss_weight > 0.0;
         let token_weights = (masks.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0).reciprocal().unsqueeze(1).expand(masks.size(), false))
             .flatten(0, 1)
             .index_select(0, &mask_index);
 
-        let (teacher_cls, teacher_patch) = no_grad(|| {
+        // Per head: the teacher's centred class-token and masked-patch targets.
+        let targets: Vec<(Tensor, Tensor)> = no_grad(|| {
             let tokens = self.teacher.forward(&batch.global, intact, None);
             let cls = tokens.select(1, 0);
             let width = cls.size()[1];
             let patches = tokens.narrow(1, 1, tokens.size()[1] - 1).reshape([-1, width]).index_select(0, &mask_index);
-            let logits = self.teacher_head.forward(&Tensor::cat(&[cls, patches], 0));
-            let cls_logits = logits.narrow(0, 0, 2 * b);
-            let patch_logits = logits.narrow(0, 2 * b, n_masked);
-            let cls_probs = self.dino_center.probs(&cls_logits, v.teacher_temp);
-            let patch_probs = self.ibot_center.probs(&patch_logits, v.teacher_temp);
-            self.dino_center.update(&cls_logits);
-            if ibot_on {
-                self.ibot_center.update(&patch_logits);
-            }
-            (cls_probs, patch_probs)
+            let features = Tensor::cat(&[cls, patches], 0);
+            self.teacher_heads
+                .iter()
+                .zip(self.centers.iter_mut())
+                .map(|(head, (dino_center, ibot_center))| {
+                    let logits = head.forward(&features);
+                    let (cls_logits, patch_logits) = (logits.narrow(0, 0, 2 * b), logits.narrow(0, 2 * b, n_masked));
+                    let targets = (dino_center.probs(&cls_logits, v.teacher_temp), ibot_center.probs(&patch_logits, v.teacher_temp));
+                    dino_center.update(&cls_logits);
+                    if ibot_on {
+                        ibot_center.update(&patch_logits);
+                    }
+                    targets
+                })
+                .collect()
         });
 
+        let cfg = &self.config;
         let tau = cfg.teacher.student_temp;
-        let student_loss = |out: &StudentOutputs| -> Tensor {
-            let mut loss = dino_loss(&teacher_cls, &out.global_logits, &out.local_logits, b, tau) * cfg.dino.loss_weight;
-            if ibot_on {
-                loss += ibot_loss(&teacher_patch, &out.patch_logits, &token_weights, 2 * b, tau) * cfg.ibot.loss_weight;
+        let heads = targets.len() as f64;
+        // (DINO, iBOT) of one student against the teacher, weighted and averaged over the heads.
+        let student_loss = |out: &StudentOutputs| -> (Tensor, Tensor) {
+            let zero = || Tensor::zeros([], (Kind::Float, device));
+            let (mut dino, mut ibot) = (zero(), zero());
+            for ((cls_t, patch_t), [global, local, patch]) in targets.iter().zip(&out.heads) {
+                dino += dino_loss(cls_t, global, local, b, tau) * (cfg.dino.loss_weight / heads);
+                if ibot_on {
+                    ibot += ibot_loss(patch_t, patch, &token_weights, 2 * b, tau) * (cfg.ibot.loss_weight / heads);
+                }
             }
-            loss
+            (dino, ibot)
         };
         // KoLeo on each global crop's class tokens, averaged over the two students (POA_SPEC §5).
         let koleo = |out: &StudentOutputs| -> Tensor { out.global_cls.split(b, 0).iter().map(koleo_loss).sum() };
+        for head in &self.student_heads {
+            head.freeze_last_layer(v.last_layer_frozen);
+        }
         let intact_out = self.student_outputs(&batch, intact, masks, &mask_index);
         let elastic_out = self.student_outputs(&batch, subnet, masks, &mask_index);
-        let intact_loss = student_loss(&intact_out);
-        let elastic_loss = student_loss(&elastic_out);
-        let intact_targets = no_grad(|| Tensor::cat(&[&intact_out.global_logits, &intact_out.local_logits], 0).detach() / tau).softmax(-1, Kind::Float);
-        let elastic_logits = Tensor::cat(&[&elastic_out.global_logits, &elastic_out.local_logits], 0);
-        let to_elastic = cross_entropy(&intact_targets, &elastic_logits, tau);
+        let (intact_dino, intact_ibot) = student_loss(&intact_out);
+        let (elastic_dino, elastic_ibot) = student_loss(&elastic_out);
+        let (intact_loss, elastic_loss) = (&intact_dino + intact_ibot, &elastic_dino + elastic_ibot);
+        // intact → elastic: on the same views, the intact student's detached class-token distribution.
+        let mut to_elastic = Tensor::zeros([], (Kind::Float, device));
+        for ([i_global, i_local, _], [e_global, e_local, _]) in intact_out.heads.iter().zip(&elastic_out.heads) {
+            let target = no_grad(|| (Tensor::cat(&[i_global, i_local], 0).detach() / tau).softmax(-1, Kind::Float));
+            to_elastic += cross_entropy(&target, &Tensor::cat(&[e_global, e_local], 0), tau) / heads;
+        }
         let lambda = cfg.dino.lambda_ie;
         let mut total = &intact_loss * lambda + (&elastic_loss + &to_elastic) * (1.0 - lambda);
         if cfg.dino.koleo_loss_weight > 0.0 {
@@ -226,21 +270,25 @@ impl Poa {
         }
 
         total.backward();
-        let backbone: Vec<Tensor> = self.student.params().iter().map(|t| t.shallow_clone()).collect();
-        let head: Vec<Tensor> = self.student_head.params().iter().map(|t| t.shallow_clone()).collect();
+        // dinov2 clips each module's gradients on its own: the backbone, each head.
+        let modules: Vec<Vec<Tensor>> = std::iter::once(self.student.params())
+            .chain(self.student_heads.iter().map(|h| h.params()))
+            .map(|ps| ps.iter().map(|t| t.shallow_clone()).collect())
+            .collect();
         if cfg.optim.clip_grad > 0.0 {
-            clip_grad_norm(&backbone, cfg.optim.clip_grad);
-            clip_grad_norm(&head, cfg.optim.clip_grad);
+            for module in &modules {
+                clip_grad_norm(module, cfg.optim.clip_grad);
+            }
         }
-        let params: Vec<Tensor> = backbone.into_iter().chain(head).collect();
-        self.adam.step(&params, &self.decay, v.lr, v.weight_decay);
+        let params: Vec<Tensor> = modules.into_iter().flatten().collect();
+        self.adam.step(&params, &self.groups, v.lr, v.weight_decay);
         for p in &params {
             let mut p = p.shallow_clone();
             p.zero_grad();
         }
         no_grad(|| {
-            let pairs = self.teacher.params().iter().zip(self.student.params()).chain(self.teacher_head.params().iter().zip(self.student_head.params()));
-            for (t, s) in pairs {
+            let heads = self.teacher_heads.iter().zip(&self.student_heads).flat_map(|(t, s)| t.params().iter().zip(s.params()));
+            for (t, s) in self.teacher.params().iter().zip(self.student.params()).chain(heads) {
                 let _ = t.shallow_clone().lerp_(s, 1.0 - v.momentum);
             }
         });
@@ -248,6 +296,8 @@ impl Poa {
             intact: intact_loss.double_value(&[]),
             elastic: elastic_loss.double_value(&[]),
             intact_to_elastic: to_elastic.double_value(&[]),
+            intact_dino: intact_dino.double_value(&[]),
+            elastic_dino: elastic_dino.double_value(&[]),
             total,
         })
     }

@@ -18,9 +18,13 @@ pub struct ScheduleValues {
     pub teacher_temp: f64,
     /// Whether the iBOT loss is on.
     pub ibot_active: bool,
+    /// Whether the heads' prototype layers are frozen (the first `optim.freeze_last_layer_epochs`).
+    pub last_layer_frozen: bool,
 }
 
 /// All schedules of a run of `total` iterations; an "epoch" of the config is `total / optim.epochs` iterations.
+/// The cosine schedules run over `total / optim.iter_num_scale` iterations (POA's `iter_num_scale`), the
+/// warm-ups and switches over epochs of the run.
 #[derive(Clone, Debug)]
 pub struct Schedules {
     total: f64,
@@ -32,6 +36,7 @@ pub struct Schedules {
     teacher_temp: [f64; 2],
     teacher_temp_warmup: f64,
     ibot_start: f64,
+    freeze_last_layer: f64,
 }
 
 /// Cosine from `start` (at t = 0) to `end` (at t = len).
@@ -45,8 +50,9 @@ fn cosine(start: f64, end: f64, t: f64, len: f64) -> f64 {
 impl Schedules {
     /// Schedules of `config` stretched over `total` iterations.
     pub fn new(config: &Config, total: u64) -> Self {
-        let total = total.max(1) as f64;
-        let per_epoch = total / config.optim.epochs;
+        let run = total.max(1) as f64;
+        let per_epoch = run / config.optim.epochs;
+        let total = run / config.optim.iter_num_scale;
         Schedules {
             total,
             lr: config.lr(),
@@ -57,6 +63,7 @@ impl Schedules {
             teacher_temp: [config.teacher.warmup_teacher_temp, config.teacher.teacher_temp],
             teacher_temp_warmup: config.teacher.warmup_teacher_temp_epochs * per_epoch,
             ibot_start: config.ibot.ibot_activate_epochs * per_epoch,
+            freeze_last_layer: config.optim.freeze_last_layer_epochs * per_epoch,
         }
     }
 
@@ -79,6 +86,7 @@ impl Schedules {
             momentum: cosine(self.momentum[0], self.momentum[1], t, self.total),
             teacher_temp,
             ibot_active: t >= self.ibot_start,
+            last_layer_frozen: t < self.freeze_last_layer,
         }
     }
 }
@@ -111,5 +119,23 @@ mod tests {
         assert!((s.at(25).teacher_temp - 0.055).abs() < 1e-12);
         assert_eq!(s.at(80).teacher_temp, 0.07);
         assert!(!s.at(9).ibot_active && s.at(10).ibot_active);
+        // The default freezes the prototype layers for one epoch (10 iterations).
+        assert!(s.at(9).last_layer_frozen && !s.at(10).last_layer_frozen);
+    }
+
+    #[test]
+    fn iter_num_scale_stretches_the_cosines_only() {
+        let mut c = Config::default();
+        c.optim.epochs = 10.0;
+        c.optim.warmup_epochs = 2.0;
+        c.train.batch_size = 1024;
+        c.optim.min_lr = 0.0;
+        c.optim.iter_num_scale = 0.5;
+        // 100 iterations run; the cosines span 200: warm-up still 20 iterations (2 of 10 epochs of the run),
+        // the lr cosine runs from 20 to 200 so at iteration 110 it is half-way, the momentum at 100 is half-way.
+        let s = Schedules::new(&c, 100);
+        assert!((s.at(20).lr - 0.004).abs() < 1e-12);
+        assert!((s.at(110).lr - 0.002).abs() < 1e-12);
+        assert!((s.at(100).momentum - (0.992 + 0.9999) / 2.0).abs() < 1e-12);
     }
 }
