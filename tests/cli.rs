@@ -1,35 +1,10 @@
 //! The `poac` binary end to end on a small image folder: index (with broken files among good ones), pretrain,
 //! resume, lower, k-NN on both runtimes — and every kind of bad input gives a clear error, never a panic.
 
-use image::{Rgb, RgbImage};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-const POAC: &str = env!("CARGO_BIN_EXE_poac");
-
-fn tiny_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny.yaml")
-}
-
-fn poac(args: &[&str]) -> Output {
-    let out = Command::new(POAC).args(args).output().expect("run poac");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "poac {args:?} panicked:\n{stderr}");
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = poac(args);
-    assert!(out.status.success(), "poac {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs poac expecting failure; returns stderr.
-fn fails(args: &[&str]) -> String {
-    let out = poac(args);
-    assert!(!out.status.success(), "poac {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::{fails, ok, stripes, temp, tiny_config};
+use std::path::Path;
 
 /// Three classes of 20 px images (stripes at a class-dependent angle), plus a zero-byte file, random bytes and a
 /// truncated JPEG in the training split.
@@ -40,15 +15,7 @@ fn make_dataset(root: &Path) {
             let dir = root.join(split).join(class);
             std::fs::create_dir_all(&dir).unwrap();
             for i in 0..count {
-                let img = RgbImage::from_fn(20, 20, |x, y| {
-                    let t = match c {
-                        0 => y,
-                        1 => x,
-                        _ => x + y,
-                    };
-                    let v = if (t + i) % 6 < 3 { 230 } else { 25 };
-                    Rgb([v, v / 2 + (i as u8) * 3, 255 - v])
-                });
+                let img = stripes(c, i, 20);
                 let ext = if i % 2 == 0 { "JPEG" } else { "png" };
                 img.save(dir.join(format!("{i:03}.{ext}"))).unwrap();
             }
@@ -61,13 +28,6 @@ fn make_dataset(root: &Path) {
     std::fs::write(bad.join("noise.JPEG"), (0..500u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
     let good = std::fs::read(bad.join("000.JPEG")).unwrap();
     std::fs::write(bad.join("truncated.JPEG"), &good[..good.len() / 3]).unwrap();
-}
-
-fn temp(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("poac-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]

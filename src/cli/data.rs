@@ -1,5 +1,6 @@
 //! `poac data`: import Fashion-MNIST, index a dataset.
 
+use crate::data::index::Layout;
 use crate::data::{fashion_mnist, DatasetIndex};
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -16,9 +17,9 @@ pub enum DataCommand {
         #[arg(long)]
         source: Option<PathBuf>,
     },
-    /// Check every image of an ImageNet-layout dataset once and write ROOT/extra/index.json.
+    /// Check every image of a dataset once, report what is skipped and why, and write ROOT/extra/index.json.
     Index {
-        /// Dataset root.
+        /// Dataset root (ImageNet or ImageFolder layout), or folder:PATH for a folder of unlabelled images.
         root: PathBuf,
     },
 }
@@ -43,16 +44,25 @@ pub fn run(command: DataCommand) -> Result<()> {
     Ok(())
 }
 
+/// What an index holds: the layout, classes and images, then the skipped files by reason, with examples.
 fn report(index: &DatasetIndex) {
+    let layout = match index.layout {
+        Layout::ImageNet => "ImageNet layout",
+        Layout::ImageFolder => "ImageFolder layout (classes from folder names)",
+        Layout::Unlabelled => "unlabelled folder",
+    };
     println!(
-        "{}: {} classes, {} train + {} val images, {} skipped (do not decode)",
+        "{}: {layout}, {} classes, {} train + {} val images, {} skipped",
         index.root().display(),
         index.classes.len(),
         index.train.len(),
         index.val.len(),
         index.skipped.len()
     );
-    for (path, reason) in index.skipped.iter().take(10) {
-        println!("  skipped {path}: {reason}");
+    for (reason, count) in index.skip_counts() {
+        println!("  {count} {reason}");
+    }
+    for skipped in index.skipped.iter().take(10) {
+        println!("  skipped {}: {}: {}", skipped.path, skipped.reason, skipped.detail);
     }
 }

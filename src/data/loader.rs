@@ -1,11 +1,12 @@
 //! Batch loaders: multi-crop training batches built on worker threads in a reproducible order, and plain
 //! evaluation batches.
 
-use super::augment::{augmented_crop, center_square, normalize};
+use super::augment::{augmented_crop, center_square, normalize, BlurSpec, CropRecipe};
 use super::image_io::{decode, RgbImage};
 use super::index::Entry;
 use super::mask::batch_masks;
 use super::par_map;
+use crate::config::Config;
 use crate::shuffle::ShuffledPasses;
 use anyhow::{anyhow, bail, Result};
 use crossbeam_channel::{bounded, Receiver};
@@ -22,22 +23,64 @@ use tch::Tensor;
 pub struct MultiCropSpec {
     /// Images per batch.
     pub batch_size: usize,
-    /// Side of the two global crops.
-    pub global_size: usize,
-    /// Area range of global crops.
-    pub global_scale: [f64; 2],
+    /// How the two global crops are made (dinov2 blurs and solarises them differently).
+    pub global: [CropRecipe; 2],
     /// Number of local crops.
     pub local_number: usize,
-    /// Side of local crops.
-    pub local_size: usize,
-    /// Area range of local crops.
-    pub local_scale: [f64; 2],
+    /// How the local crops are made.
+    pub local: CropRecipe,
     /// Patch side (for the mask grid).
     pub patch_size: usize,
     /// Fraction of global crops that are masked.
     pub mask_probability: f64,
     /// Masking-ratio range of masked crops.
     pub mask_ratio: [f64; 2],
+}
+
+impl MultiCropSpec {
+    /// The batches `config` asks for; a blur or solarisation probability outside [0, 1], or a blur sigma range
+    /// that is not `0 < min <= max`, is an error naming its key.
+    pub fn from_config(config: &Config) -> Result<Self> {
+        let crops = &config.crops;
+        let probabilities: [(&str, &[f64]); 3] = [
+            ("crops.global_crops_blur_probability", &crops.global_crops_blur_probability),
+            ("crops.global_crops_solarize_probability", &crops.global_crops_solarize_probability),
+            ("crops.local_crops_blur_probability", std::slice::from_ref(&crops.local_crops_blur_probability)),
+        ];
+        for (key, values) in probabilities {
+            if !values.iter().all(|p| (0.0..=1.0).contains(p)) {
+                bail!("{key} {values:?} must be within [0, 1]");
+            }
+        }
+        let [lo, hi] = crops.blur_sigma;
+        if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
+            bail!("crops.blur_sigma [{lo}, {hi}] must satisfy 0 < min <= max");
+        }
+        let blur = BlurSpec::for_global_size([lo as f32, hi as f32], crops.global_crops_size);
+        let global = |k: usize| CropRecipe {
+            size: crops.global_crops_size,
+            scale: crops.global_crops_scale,
+            blur_probability: crops.global_crops_blur_probability[k],
+            solarize_probability: crops.global_crops_solarize_probability[k],
+            blur,
+        };
+        let local = CropRecipe {
+            size: crops.local_crops_size,
+            scale: crops.local_crops_scale,
+            blur_probability: crops.local_crops_blur_probability,
+            solarize_probability: 0.0,
+            blur,
+        };
+        Ok(MultiCropSpec {
+            batch_size: config.train.batch_size,
+            global: [global(0), global(1)],
+            local_number: crops.local_crops_number,
+            local,
+            patch_size: config.student.patch_size,
+            mask_probability: config.ibot.mask_sample_probability,
+            mask_ratio: config.ibot.mask_ratio_min_max,
+        })
+    }
 }
 
 /// One training batch. Crops are crop-major: `global[k·B + i]` is global crop `k` of image `i`.
@@ -178,19 +221,19 @@ impl EpochOrder {
 fn build_batch(root: &Path, entries: &[Entry], spec: &MultiCropSpec, indices: Vec<usize>, seed: u64, iteration: u64) -> Result<CropBatch> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1).wrapping_mul(0x2545_F491_4F6C_DD1D) ^ iteration);
     let b = spec.batch_size;
-    let (g, l) = (spec.global_size, spec.local_size);
+    let (g, l) = (spec.global[0].size, spec.local.size);
     let mut global = vec![0.0f32; 2 * b * 3 * g * g];
     let mut local = vec![0.0f32; spec.local_number * b * 3 * l * l];
     let mut skipped = 0;
     for (i, &index) in indices.iter().enumerate() {
         let image = decode_or_next(root, entries, index, &mut skipped)?;
-        for k in 0..2 {
-            let crop = augmented_crop(&image, g, spec.global_scale, &mut rng);
+        for (k, recipe) in spec.global.iter().enumerate() {
+            let crop = augmented_crop(&image, recipe, &mut rng);
             let at = (k * b + i) * 3 * g * g;
             global[at..at + 3 * g * g].copy_from_slice(&crop.data);
         }
         for k in 0..spec.local_number {
-            let crop = augmented_crop(&image, l, spec.local_scale, &mut rng);
+            let crop = augmented_crop(&image, &spec.local, &mut rng);
             let at = (k * b + i) * 3 * l * l;
             local[at..at + 3 * l * l].copy_from_slice(&crop.data);
         }
@@ -275,6 +318,30 @@ impl EvalBatches {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crop_recipes_follow_dinov2_per_crop() {
+        let spec = MultiCropSpec::from_config(&Config::default()).unwrap();
+        let [first, second] = spec.global;
+        assert_eq!((first.size, first.blur_probability, first.solarize_probability), (224, 1.0, 0.0));
+        assert_eq!((second.size, second.blur_probability, second.solarize_probability), (224, 0.1, 0.2));
+        assert_eq!((spec.local.size, spec.local.blur_probability, spec.local.solarize_probability), (96, 0.5, 0.0));
+        assert_eq!(spec.local.blur, BlurSpec { sigma: [0.1, 2.0], radius: 4 });
+    }
+
+    #[test]
+    fn bad_crop_probabilities_are_errors_naming_the_key() {
+        let with = |edit: fn(&mut Config)| {
+            let mut config = Config::default();
+            edit(&mut config);
+            MultiCropSpec::from_config(&config).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert!(with(|c| c.crops.global_crops_solarize_probability[1] = 1.5).contains("crops.global_crops_solarize_probability"));
+        assert!(with(|c| c.crops.local_crops_blur_probability = f64::NAN).contains("crops.local_crops_blur_probability"));
+        assert!(with(|c| c.crops.blur_sigma = [2.0, 0.1]).contains("crops.blur_sigma"));
+        assert!(with(|c| c.crops.blur_sigma = [0.0, 1.0]).contains("crops.blur_sigma"));
+        assert_eq!(with(|c| c.crops.global_crops_blur_probability = [0.0, 1.0]), "");
+    }
 
     #[test]
     fn epoch_order_is_a_permutation_and_reproducible() {

@@ -58,7 +58,7 @@ pub struct KnnReport {
 /// Extracts features of both splits and classifies the validation images.
 pub fn knn_eval(options: &KnnOptions) -> Result<KnnReport> {
     let info = model_info(&options.model)?;
-    let index = DatasetIndex::open(&options.data)?;
+    let index = DatasetIndex::open_labelled(&options.data)?;
     let mut runtime = options.runtime.open(&options.model)?;
     let train = EvalBatches::new(index.root(), index.balanced(Split::Train, options.train_limit), info.image_size, info.mean, info.std);
     let val = EvalBatches::new(index.root(), index.balanced(Split::Val, options.val_limit), info.image_size, info.mean, info.std);

@@ -1,0 +1,57 @@
+//! What the end-to-end tests share: running the `poac` binary (never a panic), temporary folders, the tiny
+//! config, and small class-dependent images.
+#![allow(dead_code)]
+
+use image::{Rgb, RgbImage};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const POAC: &str = env!("CARGO_BIN_EXE_poac");
+
+/// `tests/data/tiny.yaml`: an elastic ViT that trains in seconds.
+pub fn tiny_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny.yaml")
+}
+
+/// Runs poac; fails the test if it panicked.
+pub fn poac(args: &[&str]) -> Output {
+    let out = Command::new(POAC).args(args).output().expect("run poac");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "poac {args:?} panicked:\n{stderr}");
+    out
+}
+
+/// Runs poac expecting success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = poac(args);
+    assert!(out.status.success(), "poac {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs poac expecting failure; returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = poac(args);
+    assert!(!out.status.success(), "poac {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A fresh, empty temporary folder for one test.
+pub fn temp(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("poac-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Image `i` of class `class`: `side`-pixel stripes at a class-dependent angle (horizontal, vertical, diagonal).
+pub fn stripes(class: usize, i: u32, side: u32) -> RgbImage {
+    RgbImage::from_fn(side, side, |x, y| {
+        let t = match class % 3 {
+            0 => y,
+            1 => x,
+            _ => x + y,
+        };
+        let v = if (t + i) % 6 < 3 { 230 } else { 25 };
+        Rgb([v, v / 2 + (i as u8) * 3, 255 - v])
+    })
+}
