@@ -299,7 +299,8 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&mut dyn Write) -> Resul
     let tmp = parent.join(format!(".{}.tmp", name.to_string_lossy()));
     let result = (|| {
         let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        // Small: the weights arrive in larger writes, which pass straight through.
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
         write(&mut out)?;
         let file = out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", tmp.display()))?;
         file.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;

@@ -280,13 +280,16 @@ impl Write for CountingWriter<'_> {
     }
 }
 
-/// Writes f32 values as little-endian bytes, in chunks (no copy of the whole tensor).
+/// Writes f32 values as little-endian bytes, through a small buffer (no copy of the whole tensor).
 pub fn write_f32s(out: &mut dyn Write, values: &[f32]) -> std::io::Result<()> {
-    let mut buffer = Vec::with_capacity(64 << 10);
-    for chunk in values.chunks(16 << 10) {
-        buffer.clear();
-        buffer.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
-        out.write_all(&buffer)?;
+    const CHUNK: usize = 64 << 10;
+    let mut buffer = vec![0u8; 4 * CHUNK.min(values.len())];
+    for chunk in values.chunks(CHUNK) {
+        let bytes = &mut buffer[..4 * chunk.len()];
+        for (dst, v) in bytes.chunks_exact_mut(4).zip(chunk) {
+            dst.copy_from_slice(&v.to_le_bytes());
+        }
+        out.write_all(bytes)?;
     }
     Ok(())
 }

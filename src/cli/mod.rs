@@ -1,5 +1,6 @@
 //! The command line: one module per verb.
 
+mod bench;
 mod data;
 mod eval;
 mod inspect;
@@ -31,6 +32,9 @@ enum Command {
     /// Evaluate a lowered model.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Benchmarks (figures as JSON).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Keeps freed memory in the process instead of returning it to the kernel after every large tensor: libtorch
@@ -71,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Lower(a) => lower::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(c) => eval::run(c),
+        Command::Bench(c) => bench::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

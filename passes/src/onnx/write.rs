@@ -126,24 +126,36 @@ fn write_param(weights: &dyn Weights, source: &ParamSource, out: &mut dyn Write)
     if values.len() != shape.iter().product::<usize>() {
         return Err(IrError::Weights(format!("`{}`: read {} values, expected {shape:?}", param.name, values.len())));
     }
-    let values = if source.transpose { transpose(&values, shape[0], shape[1]) } else { values };
-    write_f32s(out, &values).map_err(|e| IrError::Weights(format!("cannot write `{}`: {e}", param.name)))
+    let written = if source.transpose { write_transposed(out, &values, shape[0], shape[1]) } else { write_f32s(out, &values) };
+    written.map_err(|e| IrError::Weights(format!("cannot write `{}`: {e}", param.name)))
 }
 
-/// The transpose of a row-major `rows × cols` matrix, in cache-sized tiles.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut out = vec![0.0; values.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = values[r * cols + c];
+/// Writes the transpose of the row-major `rows × cols` matrix `values` as little-endian bytes, `TILE` output
+/// rows at a time; each `TILE × TILE` block goes through a small local array, so that reads and writes both run
+/// along cache lines.
+fn write_transposed(out: &mut dyn Write, values: &[f32], rows: usize, cols: usize) -> std::io::Result<()> {
+    const TILE: usize = 16;
+    let mut tile = vec![0u8; 4 * TILE * rows];
+    for c0 in (0..cols).step_by(TILE) {
+        let width = TILE.min(cols - c0);
+        for r0 in (0..rows).step_by(TILE) {
+            let height = TILE.min(rows - r0);
+            let mut block = [[0f32; TILE]; TILE];
+            for (i, line) in block.iter_mut().enumerate().take(height) {
+                let start = (r0 + i) * cols + c0;
+                line[..width].copy_from_slice(&values[start..start + width]);
+            }
+            for k in 0..width {
+                let start = 4 * (k * rows + r0);
+                let column = &mut tile[start..start + 4 * height];
+                for (i, bytes) in column.chunks_exact_mut(4).enumerate() {
+                    bytes.copy_from_slice(&block[i][k].to_le_bytes());
                 }
             }
         }
+        out.write_all(&tile[..4 * width * rows])?;
     }
-    out
+    Ok(())
 }
 
 #[cfg(test)]
@@ -152,12 +164,16 @@ mod tests {
 
     #[test]
     fn tiles_transpose_any_shape() {
-        let (rows, cols) = (37, 70);
-        let values: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
-        let t = transpose(&values, rows, cols);
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(t[c * rows + r], values[r * cols + c]);
+        for (rows, cols) in [(37, 70), (3, 1), (16, 32)] {
+            let values: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+            let mut bytes = Vec::new();
+            write_transposed(&mut bytes, &values, rows, cols).unwrap();
+            let t: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            assert_eq!(t.len(), values.len());
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], values[r * cols + c]);
+                }
             }
         }
     }
