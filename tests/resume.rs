@@ -1,0 +1,95 @@
+//! A run killed with SIGKILL and resumed trains exactly like one that was never interrupted: the same loss at
+//! every iteration (CPU, fp32, fixed seed). Everything a step depends on — weights, heads, AdamW moments and
+//! per-parameter steps, centres, schedules, the sampled sub-network, the data order, crops, masks and
+//! drop-path draws — must come back from the checkpoint or be a function of the seed and the iteration.
+
+mod common;
+
+use common::{stripes, temp, tiny_config};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const ITERATIONS: &str = "30";
+
+/// Three classes of 16 px stripes.
+fn make_dataset(root: &Path) {
+    for (split, count) in [("train", 16), ("val", 4)] {
+        for class in 0..3 {
+            let dir = root.join(split).join(format!("c{class}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                stripes(class, i, 16).save(dir.join(format!("{i:03}.png"))).unwrap();
+            }
+        }
+    }
+    std::fs::write(root.join("labels.txt"), "c0,zero\nc1,one\nc2,two\n").unwrap();
+}
+
+/// `poac pretrain` of the tiny config into `run`, one libtorch thread (the reduction order is then fixed).
+fn pretrain(data: &Path, run: &Path, resume: bool) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_poac"));
+    cmd.args(["pretrain", "--config", tiny_config().to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args(["--output", run.to_str().unwrap(), "--max-iters", ITERATIONS])
+        .args(["--set", "train.compute_precision=fp32", "--set", "train.saveckp_freq=3", "--set", "train.num_workers=0"])
+        .args(["--set", "student.drop_path_rate=0.1"])
+        .env("OMP_NUM_THREADS", "1");
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd
+}
+
+fn run_to_end(mut cmd: Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The loss of every iteration in `run`'s metrics, in order.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["iteration"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// The iteration of `run`'s latest checkpoint, if one is complete.
+fn checkpointed(run: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(run.join("checkpoint/state.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["iteration"].as_u64()
+}
+
+#[test]
+fn killed_and_resumed_run_repeats_the_uninterrupted_losses() {
+    let dir = temp("resume");
+    let data = dir.join("data");
+    make_dataset(&data);
+    let (straight, killed) = (dir.join("straight"), dir.join("killed"));
+    run_to_end(pretrain(&data, &straight, false));
+
+    let mut child = pretrain(&data, &killed, false).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    let killed_at = loop {
+        if let Some(it) = checkpointed(&killed).filter(|&it| it >= 6) {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            break it;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint after 5 minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    run_to_end(pretrain(&data, &killed, true));
+
+    let (a, b) = (losses(&straight), losses(&killed));
+    let n: u64 = ITERATIONS.parse().unwrap();
+    assert_eq!(a.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>());
+    assert_eq!(b.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>(), "killed after checkpoint {killed_at}");
+    for ((i, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "iteration {i}: {x} uninterrupted, {y} killed at {killed_at} and resumed");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
