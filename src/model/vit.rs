@@ -108,6 +108,13 @@ impl ElasticVit {
     /// (bool) replaces masked patch tokens by the mask token (iBOT). Images smaller than the configured size
     /// (local crops) get a bicubically resized position embedding.
     pub fn forward(&self, images: &Tensor, subnet: SubnetSpec, masks: Option<&Tensor>) -> Tensor {
+        self.forward_train(images, subnet, masks, 0.0)
+    }
+
+    /// [`ElasticVit::forward`] with stochastic depth for training: each residual branch of each block is
+    /// dropped per sample with probability `drop_path` and the kept ones scaled by `1 / (1 − drop_path)`
+    /// (uniform over blocks, as POA configures dinov2's drop-path). Draws from libtorch's generator.
+    pub fn forward_train(&self, images: &Tensor, subnet: SubnetSpec, masks: Option<&Tensor>, drop_path: f64) -> Tensor {
         let mut cache = self.specialised.borrow_mut();
         let plan = cache.entry(subnet).or_insert_with(|| Specialised::new(self.graph.clone(), subnet));
         let graph = &plan.graph;
@@ -150,6 +157,12 @@ impl ElasticVit {
                 Op::Gelu => x(0).gelu("none"),
                 Op::LayerScale { .. } if plan.folded[index] => x(0).shallow_clone(),
                 Op::LayerScale { gamma } => x(0) * param(gamma),
+                Op::Add if drop_path > 0.0 && node.block.is_some() => {
+                    // A residual add inside a block: `x + branch`, the branch dropped per sample.
+                    let n = x(1).size()[0];
+                    let keep = Tensor::empty([n, 1, 1], (Kind::Float, x(1).device())).bernoulli_float_(1.0 - drop_path) / (1.0 - drop_path);
+                    x(0) + x(1) * keep
+                }
                 Op::Add => x(0) + x(1),
                 Op::ClsToken => x(0).select(1, 0),
                 Op::Normalize { .. } | Op::PatchTokens | Op::MeanTokens | Op::Concat => {
