@@ -302,6 +302,8 @@ pub struct TrainConfig {
     pub num_workers: usize,
     /// Checkpoint every this many iterations (and at the end).
     pub saveckp_freq: usize,
+    /// Earlier checkpoints kept in `RUN/checkpoints/iter_N/` besides the latest (`RUN/checkpoint/`).
+    pub max_to_keep: usize,
     /// `fp32`, or `bf16` for mixed precision (matmuls in bfloat16; parameters, norms, softmax and the residual
     /// stream in f32). bf16 is about 2× faster on CPUs with AVX-512 BF16.
     pub compute_precision: String,
@@ -318,6 +320,7 @@ impl Default for TrainConfig {
             seed: 0,
             num_workers: 1,
             saveckp_freq: 100,
+            max_to_keep: 3,
             compute_precision: "fp32".into(),
             centering: "sinkhorn_knopp".into(),
         }

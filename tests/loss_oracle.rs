@@ -1,6 +1,7 @@
 //! POA's loss terms against numpy, written from the method's definitions (POA_SPEC §5, dinov2's formulas) apart
 //! from our libtorch code: Sinkhorn–Knopp centring, the DINO cross-view loss on SK targets, the iBOT
-//! masked-patch loss, KoLeo and the intact→elastic term, on the same fixed inputs, to ≤ 1e-5.
+//! masked-patch loss, KoLeo and the intact→elastic term, on the same fixed inputs, to ≤ 1e-5; and the schedules
+//! against dinov2's `CosineScheduler` re-written in numpy, at every iteration.
 
 use poac::train::losses::{cross_entropy, dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp, SINKHORN_ITERATIONS};
 use std::path::PathBuf;
@@ -110,5 +111,51 @@ print(" ".join(repr(float(v)) for v in list(sk.ravel()) + list(skp.ravel()) + [d
     close(&ours[..n_sk], &oracle[..n_sk], "Sinkhorn-Knopp targets");
     for (i, name) in ["DINO", "iBOT", "KoLeo", "intact→elastic"].iter().enumerate() {
         close(&ours[n_sk + i..n_sk + i + 1], &oracle[n_sk + i..n_sk + i + 1], name);
+    }
+}
+
+#[test]
+fn schedules_equal_dinov2_cosine_scheduler_in_numpy() {
+    use poac::config::Config;
+    use poac::train::schedule::Schedules;
+    // 12 epochs of 10 iterations, iter_num_scale 0.8 (cosines over 150), 3 warm-up epochs, 5 of temperature warm-up.
+    let mut c = Config::default();
+    c.optim.epochs = 12.0;
+    c.optim.warmup_epochs = 3.0;
+    c.optim.iter_num_scale = 0.8;
+    c.optim.base_lr = 0.004;
+    c.optim.min_lr = 1e-6;
+    c.train.batch_size = 256;
+    c.teacher.warmup_teacher_temp_epochs = 5.0;
+    let s = Schedules::new(&c, 120);
+    let mut ours = Vec::new();
+    for it in 0..130 {
+        let v = s.at(it);
+        ours.extend([v.lr, v.weight_decay, v.momentum, v.teacher_temp]);
+    }
+    let script = format!(
+        r#"
+import numpy as np
+class CosineScheduler:
+    def __init__(self, base_value, final_value, total_iters, warmup_iters=0, start_warmup_value=0):
+        self.final_value, self.total_iters = final_value, total_iters
+        warmup = np.linspace(start_warmup_value, base_value, warmup_iters)
+        iters = np.arange(total_iters - warmup_iters)
+        cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+        self.schedule = np.concatenate((warmup, cosine))
+    def __getitem__(self, it):
+        return self.final_value if it >= self.total_iters else self.schedule[it]
+lr = {lr}
+span = 150
+sched = [CosineScheduler(lr, 1e-6, span, 30, 0), CosineScheduler(0.04, 0.4, span), CosineScheduler(0.992, 0.9999, span),
+         CosineScheduler(0.07, 0.07, 50, 50, 0.04)]
+print(" ".join(repr(float(s[it])) for it in range(130) for s in sched))
+"#,
+        lr = 0.004 * (256.0f64 / 1024.0).sqrt()
+    );
+    let oracle = numpy(&script);
+    assert_eq!(ours.len(), oracle.len());
+    for (i, (a, b)) in ours.iter().zip(&oracle).enumerate() {
+        assert!((a - b).abs() <= 1e-12, "iteration {}, schedule {}: ours {a}, numpy {b}", i / 4, ["lr", "weight decay", "momentum", "teacher temp"][i % 4]);
     }
 }

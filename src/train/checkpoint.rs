@@ -119,9 +119,65 @@ pub fn save(run: &Path, graph: &Graph, teacher: &[(String, &Tensor)], train_stat
     Ok(())
 }
 
+/// Folder of the kept earlier checkpoints inside a run.
+pub const KEPT: &str = "checkpoints";
+
+/// Keeps `run/checkpoints/iter_NNNNNNN/`, a copy of the current `checkpoint/` (hard links: its files are
+/// written once and never modified in place), and deletes all but the newest `keep` of them; `keep == 0`
+/// keeps none. Any of them can be lowered or resumed from like `checkpoint/`.
+pub fn keep_last(run: &Path, iteration: u64, keep: usize) -> Result<()> {
+    let kept = run.join(KEPT);
+    if keep > 0 {
+        let dir = kept.join(format!("iter_{iteration:07}"));
+        let partial = kept.join(format!(".iter_{iteration:07}.tmp"));
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)?;
+        for entry in std::fs::read_dir(run.join(CHECKPOINT))? {
+            let from = entry?.path();
+            let to = partial.join(from.file_name().unwrap_or_default());
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&partial, &dir)?;
+    }
+    let Ok(entries) = std::fs::read_dir(&kept) else { return Ok(()) };
+    let mut snapshots: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("iter_"))).collect();
+    snapshots.sort();
+    for old in &snapshots[..snapshots.len().saturating_sub(keep)] {
+        std::fs::remove_dir_all(old).with_context(|| format!("cannot remove {}", old.display()))?;
+    }
+    Ok(())
+}
+
 /// Reads the checkpoint of a run (or of a checkpoint folder).
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let dir = resolve(path)?;
     let progress: Progress = serde_json::from_str(&std::fs::read_to_string(dir.join(STATE)).with_context(|| format!("cannot read {}", dir.join(STATE).display()))?)?;
     Ok(Checkpoint { graph: read_graph(&dir)?, teacher: read_tensors(&dir.join(TEACHER))?, train_state: read_tensors(&dir.join(TRAIN_STATE))?, progress })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest_snapshots() {
+        let run = std::env::temp_dir().join(format!("poac-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::create_dir_all(run.join(CHECKPOINT)).unwrap();
+        for iteration in [10, 20, 30, 40] {
+            std::fs::write(run.join(CHECKPOINT).join(STATE), format!("{iteration}")).unwrap();
+            keep_last(&run, iteration, 2).unwrap();
+        }
+        let mut left: Vec<String> = std::fs::read_dir(run.join(KEPT)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["iter_0000030", "iter_0000040"]);
+        assert_eq!(std::fs::read_to_string(run.join(KEPT).join("iter_0000030").join(STATE)).unwrap(), "30");
+        keep_last(&run, 50, 0).unwrap();
+        assert_eq!(std::fs::read_dir(run.join(KEPT)).unwrap().count(), 0);
+        std::fs::remove_dir_all(&run).unwrap();
+    }
 }

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::data::augment::{MEAN, STD};
 use crate::data::loader::EvalBatches;
-use crate::data::{DatasetIndex, Split};
+use crate::data::{index::Layout, DatasetIndex, Split};
 use crate::eval::knn::{knn_accuracy, TEMPERATURE};
 use crate::model::ElasticVit;
 use anyhow::{bail, Result};
@@ -36,6 +36,10 @@ impl KnnMonitor {
     pub fn new(config: &Config, index: &DatasetIndex, space: &ElasticSpace, device: Device) -> Result<Option<Self>> {
         let eval = &config.evaluation;
         if eval.eval_period_iterations == 0 {
+            return Ok(None);
+        }
+        if index.layout == Layout::Unlabelled || index.split(Split::Val).is_empty() {
+            eprintln!("evaluation.eval_period_iterations is set but {} has no labelled val split: no k-NN during training", index.root().display());
             return Ok(None);
         }
         let size = config.crops.global_crops_size;

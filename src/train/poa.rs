@@ -172,7 +172,8 @@ impl Poa {
             state.push((format!("center.ibot.{h}"), ibot.center.shallow_clone()));
         }
         let state_refs: Vec<(String, &Tensor)> = state.iter().map(|(k, t)| (k.clone(), t)).collect();
-        checkpoint::save(run, self.teacher.graph(), &self.teacher.named_params(), &state_refs, progress)
+        checkpoint::save(run, self.teacher.graph(), &self.teacher.named_params(), &state_refs, progress)?;
+        checkpoint::keep_last(run, progress.iteration, self.config.train.max_to_keep)
     }
 
     fn student_outputs(&self, batch: &CropBatch, subnet: SubnetSpec, masks: &Tensor, mask_index: &Tensor) -> StudentOutputs {

@@ -22,71 +22,74 @@ pub struct ScheduleValues {
     pub last_layer_frozen: bool,
 }
 
-/// All schedules of a run of `total` iterations; an "epoch" of the config is `total / optim.epochs` iterations.
-/// The cosine schedules run over `total / optim.iter_num_scale` iterations (POA's `iter_num_scale`), the
-/// warm-ups and switches over epochs of the run.
-#[derive(Clone, Debug)]
-pub struct Schedules {
-    total: f64,
-    lr: f64,
-    min_lr: f64,
-    warmup: f64,
-    weight_decay: [f64; 2],
-    momentum: [f64; 2],
-    teacher_temp: [f64; 2],
-    teacher_temp_warmup: f64,
-    ibot_start: f64,
-    freeze_last_layer: f64,
+/// dinov2's `CosineScheduler`: over `warmup` iterations a linear ramp from `warmup_start` to `base` (numpy's
+/// `linspace`, both ends included), then a cosine from `base` to `end` over the other `total − warmup`
+/// iterations, and `end` from iteration `total` on.
+#[derive(Clone, Copy, Debug)]
+struct Cosine {
+    base: f64,
+    end: f64,
+    warmup_start: f64,
+    warmup: u64,
+    total: u64,
 }
 
-/// Cosine from `start` (at t = 0) to `end` (at t = len).
-fn cosine(start: f64, end: f64, t: f64, len: f64) -> f64 {
-    if len <= 0.0 {
-        return end;
+impl Cosine {
+    fn at(&self, it: u64) -> f64 {
+        if it >= self.total {
+            return self.end;
+        }
+        if it < self.warmup {
+            let ramp = if self.warmup > 1 { it as f64 / (self.warmup - 1) as f64 } else { 0.0 };
+            return self.warmup_start + (self.base - self.warmup_start) * ramp;
+        }
+        let (i, n) = ((it - self.warmup) as f64, (self.total - self.warmup) as f64);
+        self.end + 0.5 * (self.base - self.end) * (1.0 + (PI * i / n).cos())
     }
-    end + 0.5 * (start - end) * (1.0 + (PI * (t / len).min(1.0)).cos())
+}
+
+/// All schedules of a run of `total` iterations; an "epoch" of the config is `total / optim.epochs` iterations
+/// (rounded to whole iterations where a schedule needs a count). The cosine schedules run over
+/// `total / optim.iter_num_scale` iterations (POA's `iter_num_scale`), the warm-ups and switches over epochs of
+/// the run.
+#[derive(Clone, Debug)]
+pub struct Schedules {
+    lr: Cosine,
+    weight_decay: Cosine,
+    momentum: Cosine,
+    teacher_temp: Cosine,
+    ibot_start: u64,
+    freeze_last_layer: u64,
 }
 
 impl Schedules {
     /// Schedules of `config` stretched over `total` iterations.
     pub fn new(config: &Config, total: u64) -> Self {
         let run = total.max(1) as f64;
-        let per_epoch = run / config.optim.epochs;
-        let total = run / config.optim.iter_num_scale;
+        let epochs = |e: f64| (e * run / config.optim.epochs).round() as u64;
+        let span = (run / config.optim.iter_num_scale).round() as u64;
+        let (o, t) = (&config.optim, &config.teacher);
+        let cosine = |base, end| Cosine { base, end, warmup_start: base, warmup: 0, total: span };
+        let temp_warmup = epochs(t.warmup_teacher_temp_epochs);
         Schedules {
-            total,
-            lr: config.lr(),
-            min_lr: config.optim.min_lr,
-            warmup: (config.optim.warmup_epochs * per_epoch).min(total),
-            weight_decay: [config.optim.weight_decay, config.optim.weight_decay_end],
-            momentum: [config.teacher.momentum_teacher, config.teacher.final_momentum_teacher],
-            teacher_temp: [config.teacher.warmup_teacher_temp, config.teacher.teacher_temp],
-            teacher_temp_warmup: config.teacher.warmup_teacher_temp_epochs * per_epoch,
-            ibot_start: config.ibot.ibot_activate_epochs * per_epoch,
-            freeze_last_layer: config.optim.freeze_last_layer_epochs * per_epoch,
+            lr: Cosine { base: config.lr(), end: o.min_lr, warmup_start: 0.0, warmup: epochs(o.warmup_epochs).min(span), total: span },
+            weight_decay: cosine(o.weight_decay, o.weight_decay_end),
+            momentum: cosine(t.momentum_teacher, t.final_momentum_teacher),
+            teacher_temp: Cosine { base: t.teacher_temp, end: t.teacher_temp, warmup_start: t.warmup_teacher_temp, warmup: temp_warmup, total: temp_warmup },
+            ibot_start: epochs(config.ibot.ibot_activate_epochs),
+            freeze_last_layer: epochs(o.freeze_last_layer_epochs),
         }
     }
 
     /// The values at iteration `it` (0-based).
     pub fn at(&self, it: u64) -> ScheduleValues {
-        let t = it as f64;
-        let lr = if t < self.warmup {
-            self.lr * t / self.warmup
-        } else {
-            cosine(self.lr, self.min_lr, t - self.warmup, self.total - self.warmup)
-        };
-        let teacher_temp = if t < self.teacher_temp_warmup {
-            self.teacher_temp[0] + (self.teacher_temp[1] - self.teacher_temp[0]) * t / self.teacher_temp_warmup
-        } else {
-            self.teacher_temp[1]
-        };
         ScheduleValues {
-            lr,
-            weight_decay: cosine(self.weight_decay[0], self.weight_decay[1], t, self.total),
-            momentum: cosine(self.momentum[0], self.momentum[1], t, self.total),
-            teacher_temp,
-            ibot_active: t >= self.ibot_start,
-            last_layer_frozen: t < self.freeze_last_layer,
+            lr: self.lr.at(it),
+            weight_decay: self.weight_decay.at(it),
+            momentum: self.momentum.at(it),
+            teacher_temp: self.teacher_temp.at(it),
+            ibot_active: it >= self.ibot_start,
+            last_layer_frozen: it < self.freeze_last_layer,
         }
     }
 }
@@ -106,8 +109,9 @@ mod tests {
         c.teacher.warmup_teacher_temp_epochs = 5.0;
         c.ibot.ibot_activate_epochs = 1.0;
         let s = Schedules::new(&c, 100);
-        // Warm-up: 20 iterations, linear from 0.
-        assert!((s.at(10).lr - 0.002).abs() < 1e-12);
+        // Warm-up: 20 iterations, linspace(0, lr, 20): lr·t/19, reaching lr at iteration 19 and 20.
+        assert!((s.at(10).lr - 0.004 * 10.0 / 19.0).abs() < 1e-12);
+        assert!((s.at(19).lr - 0.004).abs() < 1e-12);
         assert!((s.at(20).lr - 0.004).abs() < 1e-12);
         // Half-way through the cosine (iteration 60 of 20..100): the mean of lr and min_lr.
         assert!((s.at(60).lr - (0.004 + 1e-6) / 2.0).abs() < 1e-12);
@@ -115,8 +119,9 @@ mod tests {
         assert!((s.at(50).weight_decay - 0.22).abs() < 1e-12);
         assert!((s.at(0).momentum - 0.992).abs() < 1e-12);
         assert!((s.at(100).momentum - 0.9999).abs() < 1e-12);
-        // Teacher temperature: 0.04 → 0.07 over 50 iterations.
-        assert!((s.at(25).teacher_temp - 0.055).abs() < 1e-12);
+        // Teacher temperature: linspace(0.04, 0.07, 50).
+        assert!((s.at(49).teacher_temp - 0.07).abs() < 1e-12);
+        assert!((s.at(14).teacher_temp - (0.04 + 0.03 * 14.0 / 49.0)).abs() < 1e-12);
         assert_eq!(s.at(80).teacher_temp, 0.07);
         assert!(!s.at(9).ibot_active && s.at(10).ibot_active);
         // The default freezes the prototype layers for one epoch (10 iterations).
@@ -132,7 +137,7 @@ mod tests {
         c.optim.min_lr = 0.0;
         c.optim.iter_num_scale = 0.5;
         // 100 iterations run; the cosines span 200: warm-up still 20 iterations (2 of 10 epochs of the run),
-        // the lr cosine runs from 20 to 200 so at iteration 110 it is half-way, the momentum at 100 is half-way.
+        // the lr cosine runs from 20 to 200 so at iteration 110 it is half-way; the momentum at 100 is half-way.
         let s = Schedules::new(&c, 100);
         assert!((s.at(20).lr - 0.004).abs() < 1e-12);
         assert!((s.at(110).lr - 0.002).abs() < 1e-12);
