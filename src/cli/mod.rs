@@ -3,6 +3,7 @@
 mod bench;
 mod data;
 mod eval;
+mod import_torch;
 mod inspect;
 mod lower;
 mod pretrain;
@@ -32,6 +33,8 @@ enum Command {
     /// Evaluate a lowered model.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Import a dinov2/POA-style ViT state dict (.safetensors or .pth) as a run folder `poac lower` accepts.
+    ImportTorch(import_torch::ImportArgs),
     /// Benchmarks (figures as JSON).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -75,6 +78,7 @@ pub fn main() -> ExitCode {
         Command::Lower(a) => lower::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(c) => eval::run(c),
+        Command::ImportTorch(a) => import_torch::run(a),
         Command::Bench(c) => bench::run(c),
     };
     match result {
