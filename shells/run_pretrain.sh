@@ -62,7 +62,7 @@ done
 import json, sys, time
 results = [json.loads(l) for l in open(sys.argv[1])]
 space = {(r["width"], r["depth"]): r for r in json.load(open(sys.argv[2]))}
-metrics = [json.loads(l) for l in open(sys.argv[3])]
+metrics = [m for m in map(json.loads, open(sys.argv[3])) if "loss" in m]
 acc = {(r["weights"], r["width"], r["depth"], r["runtime"]): r["top1"]["20"] for r in results}
 print()
 print("POA on Fashion-MNIST — k-NN top-1 (k = 20, %d train / %d val images)" % (results[0]["train_images"], results[0]["val_images"]))

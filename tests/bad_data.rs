@@ -187,9 +187,12 @@ fn bad_images_are_skipped_with_exact_counts_and_training_runs() {
     assert!(stderr.contains("warning: skipping train/c0/good_1.png: corrupt or truncated"), "{stderr}");
     assert!(stdout.contains("pretrained 2 iterations") && stdout.contains("2 images skipped"), "{stdout}");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let lines = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
-    let skipped: Vec<u64> = lines.filter_map(|line| line["skipped_images"].as_u64()).collect();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let skipped: Vec<u64> = lines.iter().filter_map(|line| line["skipped_images"].as_u64()).collect();
     assert_eq!(skipped, [1, 2], "cumulative skips per iteration");
+    let index_skipped = &lines[0]["dataset"]["index_skipped"];
+    let expected = serde_json::json!({ "empty": 1, "corrupt": 3, "unsupported": 1, "too_large": 1, "unreadable": 1 });
+    assert_eq!(index_skipped, &expected, "skips by reason in metrics.jsonl");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -186,9 +186,9 @@ fn inspect_budgets_and_the_ir_dump() {
     }
     // The ONNX size inspect computes is the size of the file lower writes.
     let model = dir.join("m.onnx");
-    for (w, d) in [("16", "2"), ("32", "3")] {
-        ok(&["lower", s(&dir), "--width", w, "--depth", d, "-o", s(&model)]);
-        let row = rows.iter().find(|r| r["width"].to_string() == w && r["depth"].to_string() == d).unwrap();
+    for (w, d) in [(16, 2), (32, 3)] {
+        ok(&["lower", s(&dir), "--width", &w.to_string(), "--depth", &d.to_string(), "-o", s(&model)]);
+        let row = rows.iter().find(|r| r["width"] == w && r["depth"] == d).unwrap();
         assert_eq!(row["onnx_bytes"].as_u64().unwrap(), std::fs::metadata(&model).unwrap().len());
     }
 

@@ -113,10 +113,11 @@ pub fn check_known(g: &Graph) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn tiny() -> VitArch {
+    /// A tiny elastic ViT: widths 4, 8, 12 (head_dim 4), depths 1..=3, 8 px images in 4 px patches.
+    pub(crate) fn tiny() -> VitArch {
         VitArch {
             img_size: 8,
             patch_size: 4,

@@ -279,6 +279,17 @@ impl Graph {
         Ok(())
     }
 
+    /// Removes each node that is a key of `bypass`, every use of it now reading `bypass[node]` instead (which
+    /// must be an earlier value). Returns whether anything was removed.
+    pub fn bypass(&mut self, bypass: &HashMap<ValueId, ValueId>) -> Result<bool> {
+        if bypass.is_empty() {
+            return Ok(false);
+        }
+        let keep: Vec<bool> = (0..self.nodes.len()).map(|i| !bypass.contains_key(&i)).collect();
+        self.remove_nodes(&keep, bypass)?;
+        Ok(true)
+    }
+
     /// How many times each value is read: by nodes, and once more if it is the graph output.
     pub fn consumers(&self) -> Vec<usize> {
         let mut count = vec![0usize; self.nodes.len()];

@@ -96,6 +96,13 @@ pub struct TensorRef {
     pub view: WeightView,
 }
 
+impl TensorRef {
+    /// The stored tensor and view behind `param`.
+    pub fn of(param: &Param) -> Self {
+        TensorRef { name: param.name.clone(), view: param.view.clone() }
+    }
+}
+
 /// A constant folded into a parameter's values, so that the lowered network computes the same function with
 /// one op less. Each variant is exact algebra on the values (see the pass that creates it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

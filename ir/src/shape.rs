@@ -151,17 +151,7 @@ mod tests {
     use crate::{build::supergraph, VitArch};
 
     fn tiny() -> Graph {
-        supergraph(&VitArch {
-            img_size: 8,
-            patch_size: 4,
-            head_dim: 4,
-            min_embed_dim: 4,
-            max_embed_dim: 12,
-            min_depth: 1,
-            max_depth: 2,
-            ..VitArch::default()
-        })
-        .unwrap()
+        supergraph(&VitArch { max_depth: 2, ..crate::build::tests::tiny() }).unwrap()
     }
 
     #[test]

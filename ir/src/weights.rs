@@ -245,7 +245,7 @@ pub fn write_safetensors(
         sizes.push(size);
     }
     let mut text = serde_json::to_string(&header).expect("a JSON map serialises");
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     out.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;

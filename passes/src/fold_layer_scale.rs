@@ -20,18 +20,13 @@ impl Pass for FoldLayerScale {
         for i in 0..g.nodes.len() {
             let Op::LayerScale { gamma } = g.nodes[i].op else { continue };
             let Some((weight, bias)) = sole_linear_input(g, i, &consumers) else { continue };
-            let gamma = TensorRef { name: g.params[gamma].name.clone(), view: g.params[gamma].view.clone() };
+            let gamma = TensorRef::of(&g.params[gamma]);
             for p in std::iter::once(weight).chain(bias) {
                 g.params[p].view.folds.push(Fold::ScaleByTensor { axis: 0, tensor: gamma.clone() });
             }
             replace.insert(i, g.nodes[i].inputs[0]);
         }
-        if replace.is_empty() {
-            return Ok(false);
-        }
-        let keep: Vec<bool> = (0..g.nodes.len()).map(|i| !replace.contains_key(&i)).collect();
-        g.remove_nodes(&keep, &replace)?;
-        Ok(true)
+        g.bypass(&replace)
     }
 }
 

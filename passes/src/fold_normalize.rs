@@ -28,17 +28,12 @@ impl Pass for FoldNormalize {
             }
             let inverse_std = std.iter().map(|s| 1.0 / s).collect();
             g.params[weight].view.folds.push(Fold::ScaleEach { axis: 1, factors: inverse_std });
-            let scaled_weight = TensorRef { name: g.params[weight].name.clone(), view: g.params[weight].view.clone() };
+            let scaled_weight = TensorRef::of(&g.params[weight]);
             let coefficients = mean.iter().map(|m| -m).collect();
             g.params[bias].view.folds.push(Fold::AddContraction { tensor: scaled_weight, coefficients });
             replace.insert(i, g.nodes[i].inputs[0]);
         }
-        if replace.is_empty() {
-            return Ok(false);
-        }
-        let keep: Vec<bool> = (0..g.nodes.len()).map(|i| !replace.contains_key(&i)).collect();
-        g.remove_nodes(&keep, &replace)?;
-        Ok(true)
+        g.bypass(&replace)
     }
 }
 

@@ -13,14 +13,11 @@ impl Pass for StripTraining {
     }
 
     fn run(&self, g: &mut Graph) -> Result<bool> {
-        let keep: Vec<bool> = g.nodes.iter().map(|n| !matches!(n.op, Op::MaskTokens { .. })).collect();
-        let replace: HashMap<_, _> =
-            keep.iter().enumerate().filter(|(_, k)| !**k).map(|(i, _)| (i, g.nodes[i].inputs[0])).collect();
-        if replace.is_empty() {
-            return Ok(false);
-        }
-        g.remove_nodes(&keep, &replace)?;
-        Ok(true)
+        let bypass: HashMap<_, _> = (0..g.nodes.len())
+            .filter(|&i| matches!(g.nodes[i].op, Op::MaskTokens { .. }))
+            .map(|i| (i, g.nodes[i].inputs[0]))
+            .collect();
+        g.bypass(&bypass)
     }
 }
 

@@ -120,6 +120,12 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
     );
     bar.set_position(progress.iteration);
     let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(run.join("metrics.jsonl"))?;
+    // What the data index left out, by reason, next to the per-iteration count of images that broke later.
+    let dataset = serde_json::json!({
+        "iteration": progress.iteration,
+        "dataset": { "train_images": index.train.len(), "index_skipped": index.skip_counts() },
+    });
+    writeln!(metrics, "{dataset}")?;
     let started = Instant::now();
     let first_iteration = progress.iteration;
     // When timing started (after the first iteration) and the k-NN time spent until then.

@@ -148,8 +148,8 @@ fn write_transposed(out: &mut dyn Write, values: &[f32], rows: usize, cols: usiz
             for k in 0..width {
                 let start = 4 * (k * rows + r0);
                 let column = &mut tile[start..start + 4 * height];
-                for (i, bytes) in column.chunks_exact_mut(4).enumerate() {
-                    bytes.copy_from_slice(&block[i][k].to_le_bytes());
+                for (bytes, line) in column.chunks_exact_mut(4).zip(&block) {
+                    bytes.copy_from_slice(&line[k].to_le_bytes());
                 }
             }
         }
