@@ -112,6 +112,18 @@ fn bad_input_is_a_clear_error() {
     let err = fails(&["pretrain", "--config", config_s, "--data", &data_s, "--output", dir.join("r3").to_str().unwrap(), "--set", "student.max_depth=two"]);
     assert!(err.contains("wrong type"), "{err}");
 
+    // A loss that overflows stops the run, naming the iteration; the checkpoint before it stays, usable.
+    let nan_run = dir.join("r4");
+    let nan_s = nan_run.to_str().unwrap();
+    let blow_up = ["--set", "optim.base_lr=1e8", "--set", "optim.warmup_epochs=0", "--set", "train.saveckp_freq=1"];
+    let err = fails(&[&["pretrain", "--config", config_s, "--data", &data_s, "--output", nan_s, "--max-iters", "5"], &blow_up[..]].concat());
+    let at = err.split("at iteration ").nth(1).and_then(|rest| rest.split(';').next()).and_then(|n| n.parse::<u64>().ok());
+    let at = at.unwrap_or_else(|| panic!("no iteration named: {err}"));
+    assert!(err.contains("not finite") && err.contains("last checkpoint"), "{err}");
+    let state = std::fs::read_to_string(nan_run.join("checkpoint/state.json")).unwrap();
+    assert!(state.contains(&format!("\"iteration\": {at},")), "the checkpoint is the one before iteration {at}: {state}");
+    ok(&["lower", nan_s, "-o", dir.join("kept.onnx").to_str().unwrap()]);
+
     // A missing dataset folder, and an empty class folder, are named.
     let missing = dir.join("no-such-dataset");
     let err = fails(&["data", "index", missing.to_str().unwrap()]);
