@@ -100,6 +100,25 @@ if [ ! -f "$FMNIST/.done" ]; then
   touch "$FMNIST/.done"
 fi
 
+# --- DejaVu Sans for `poac report`'s plots (a system copy, else Debian's fonts-dejavu-core) -------------------------
+FONT="$CACHE/fonts/DejaVuSans.ttf"
+if [ ! -f "$FONT" ]; then
+  mkdir -p "$CACHE/fonts"
+  if [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+    cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$FONT.tmp"
+  else
+    say "fetching Debian's fonts-dejavu-core"
+    TMP="$(mktemp -d)"
+    ( cd "$TMP" && apt-get download fonts-dejavu-core >/dev/null 2>&1 ) || {
+      ( cd "$TMP" && (apt-get update >/dev/null 2>&1 || sudo apt-get update >/dev/null 2>&1) && apt-get download fonts-dejavu-core >/dev/null )
+    }
+    dpkg-deb -x "$TMP"/fonts-dejavu-core_*.deb "$TMP/x"
+    cp "$TMP"/x/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$FONT.tmp"
+    rm -rf "$TMP"
+  fi
+  mv "$FONT.tmp" "$FONT"
+fi
+
 # --- cargo environment for this clone ---------------------------------------------------------------------------
 mkdir -p "$REPO/.cargo"
 cat > "$REPO/.cargo/config.toml.tmp" <<TOML
@@ -112,4 +131,4 @@ POAC_FASHION_MNIST = "$FMNIST"
 TOML
 mv "$REPO/.cargo/config.toml.tmp" "$REPO/.cargo/config.toml"
 
-say "ready: libtorch=$LIBTORCH ort=$ORT_LIB python=$PY fashion-mnist=$FMNIST"
+say "ready: libtorch=$LIBTORCH ort=$ORT_LIB python=$PY fashion-mnist=$FMNIST font=$FONT"

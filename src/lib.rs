@@ -8,6 +8,7 @@ pub mod data;
 pub mod eval;
 pub mod lower;
 pub mod model;
+pub mod report;
 pub mod runtime;
 pub mod shuffle;
 pub mod train;

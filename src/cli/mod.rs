@@ -7,6 +7,7 @@ mod import_torch;
 mod inspect;
 mod lower;
 mod pretrain;
+mod report;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ enum Command {
     Eval(eval::EvalCommand),
     /// Import a dinov2/POA-style ViT state dict (.safetensors or .pth) as a run folder `poac lower` accepts.
     ImportTorch(import_torch::ImportArgs),
+    /// A run's Markdown summary and PNG plots: losses, and accuracy against parameters and FLOPs.
+    Report(report::ReportArgs),
     /// Benchmarks (figures as JSON).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -78,6 +81,7 @@ pub fn main() -> ExitCode {
         Command::Lower(a) => lower::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(c) => eval::run(c),
+        Command::Report(a) => report::run(a),
         Command::ImportTorch(a) => import_torch::run(a),
         Command::Bench(c) => bench::run(c),
     };
