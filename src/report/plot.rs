@@ -3,13 +3,16 @@
 
 use super::inputs::{EvalPoint, Series, TrainPoint};
 use anyhow::{anyhow, bail, Context, Result};
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Pixels of every plot.
 const SIZE: (u32, u32) = (1000, 620);
+
+/// What drawing on a bitmap returns.
+type PlotResult<'a> = std::result::Result<(), Box<dyn std::error::Error + 'a>>;
 
 /// Series colours, in order (distinguishable, and printable in grey).
 const COLOURS: [RGBColor; 8] = [
@@ -95,14 +98,7 @@ pub fn losses(points: &[TrainPoint], path: &Path) -> Result<()> {
             let line = points.iter().map(|p| (p.iteration as f64, term(p))).filter(|(_, v)| v.is_finite());
             chart.draw_series(LineSeries::new(line, style))?.label(*name).legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(("sans-serif", 16))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        legend(&mut chart, SeriesLabelPosition::UpperRight)
     })
 }
 
@@ -148,15 +144,16 @@ pub fn accuracy(series: &[Series], axis: CostAxis, path: &Path) -> Result<()> {
                 chart.draw_series(names)?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font(("sans-serif", 16))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        legend(&mut chart, SeriesLabelPosition::LowerRight)
     })
+}
+
+/// The series labels in a framed box at `position`.
+fn legend<'a, CT: CoordTranslate>(chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>, position: SeriesLabelPosition) -> PlotResult<'a> {
+    chart
+        .configure_series_labels()
+        .position(position).label_font(("sans-serif", 16)).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+    Ok(())
 }
 
 /// A tick label with at most three decimals and no trailing zeros: `0.03`, `0.3`, `1.5`, `200`.
@@ -173,7 +170,7 @@ fn padded(low: f64, high: f64) -> (f64, f64) {
 }
 
 /// Draws on a white canvas and writes it as PNG.
-fn render(path: &Path, draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), Box<dyn std::error::Error + '_>>) -> Result<()> {
+fn render(path: &Path, draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, Shift>) -> PlotResult<'_>) -> Result<()> {
     register_font()?;
     let (width, height) = SIZE;
     let mut pixels = vec![0u8; 3 * width as usize * height as usize];
