@@ -169,7 +169,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&run);
         std::fs::create_dir_all(run.join(CHECKPOINT)).unwrap();
         for iteration in [10, 20, 30, 40] {
-            std::fs::write(run.join(CHECKPOINT).join(STATE), format!("{iteration}")).unwrap();
+            // As `save` does: each file is written anew (a new inode), never modified in place.
+            let fresh = run.join("state.tmp");
+            std::fs::write(&fresh, format!("{iteration}")).unwrap();
+            std::fs::rename(&fresh, run.join(CHECKPOINT).join(STATE)).unwrap();
             keep_last(&run, iteration, 2).unwrap();
         }
         let mut left: Vec<String> = std::fs::read_dir(run.join(KEPT)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
