@@ -13,6 +13,7 @@ use common::{stripes, temp, tiny_config};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 use tch::Tensor;
 
 const ITERATIONS: &str = "10";
@@ -47,6 +48,38 @@ fn pretrain(data: &Path, run: &Path, batch: usize, iterations: &str) -> Command 
         .args(["--set", "train.num_workers=0", "--set", "student.drop_path_rate=0", "--set", "dino.koleo_loss_weight=0"])
         .env("OMP_NUM_THREADS", "1");
     cmd
+}
+
+/// Iterations a run that is killed part-way is asked for (far more than it reaches).
+const LONG_RUN: &str = "5000";
+/// The collective timeout of the runs that lose a rank; a hung collective would fail after it.
+const DIST_TIMEOUT: &str = "20s";
+
+/// Waits until `run` has logged a few iterations (the ranks are past the rendezvous and training).
+fn wait_for_training(run: &Path, alive: &mut Child) {
+    let started = Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 4 {
+        assert!(alive.try_wait().unwrap().is_none(), "the run stopped before it trained");
+        assert!(started.elapsed() < Duration::from_secs(60), "no iteration logged after 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits at most `limit` for `child` to exit; its status and stderr.
+fn exit_within(mut child: Child, limit: Duration) -> (std::process::ExitStatus, String, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            return (status, stderr, started.elapsed());
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("still running {limit:?} after its peer died");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Rank `rank` of a 2-rank run, as torchrun would start it.
@@ -113,5 +146,67 @@ fn two_ranks_of_batch_b_train_like_one_rank_of_batch_2b() {
         }
     }
     // Only rank 0 wrote: one run folder with a single set of metric lines (checked above) and its checkpoint.
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_rank_that_dies_stops_the_other_within_the_timeout() {
+    let dir = temp("dead-rank");
+    let data = dir.join("data");
+    make_dataset(&data);
+    let run = dir.join("run");
+    let port = free_port();
+    let spawn = |r| {
+        let mut cmd = rank(pretrain(&data, &run, BATCH, LONG_RUN), r, port);
+        cmd.args(["--dist-timeout", DIST_TIMEOUT]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let (mut survivor, mut victim) = (spawn(0), spawn(1));
+    wait_for_training(&run, &mut survivor);
+    victim.kill().unwrap(); // SIGKILL mid-run
+    victim.wait().unwrap();
+    let (status, stderr, took) = exit_within(survivor, Duration::from_secs(40));
+    assert!(!status.success(), "rank 0 finished although rank 1 died:\n{stderr}");
+    assert!(status.code().is_some(), "rank 0 should exit with an error, not a signal ({status}):\n{stderr}");
+    assert!(stderr.contains("error: rank 0 of 2: ") && stderr.contains("across ranks failed"), "no clear error ({took:?}):\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The pids of `parent`'s children.
+fn children(parent: u32) -> Vec<u32> {
+    let list = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap();
+    list.split_whitespace().map(|p| p.parse().unwrap()).collect()
+}
+
+/// The `RANK` a process was started with.
+fn rank_of(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|&b| b == 0).find_map(|kv| kv.strip_prefix(b"RANK=")).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+#[test]
+fn poac_launch_stops_every_worker_when_one_dies() {
+    let dir = temp("launch");
+    let data = dir.join("data");
+    make_dataset(&data);
+    let run = dir.join("run");
+    let port = free_port().to_string();
+    let worker = pretrain(&data, &run, BATCH, LONG_RUN);
+    let mut launch = Command::new(env!("CARGO_BIN_EXE_poac"));
+    launch.args(["launch", "--nproc-per-node", "2", "--master-port", &port, "--"]).args(worker.get_args());
+    launch.arg("--dist-timeout").arg(DIST_TIMEOUT).env("OMP_NUM_THREADS", "1");
+    let mut launcher = launch.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_training(&run, &mut launcher);
+    let workers = children(launcher.id());
+    assert_eq!(workers.len(), 2, "poac launch --nproc-per-node 2 started {workers:?}");
+    let victim = *workers.iter().find(|&&pid| rank_of(pid).as_deref() == Some("1")).expect("a worker with RANK=1");
+    // SAFETY: SIGKILL to a live child of the launcher this test started.
+    unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+    let (status, stderr, _) = exit_within(launcher, Duration::from_secs(40));
+    assert!(!status.success(), "the launcher succeeded although a worker died:\n{stderr}");
+    assert!(stderr.contains("worker rank 1 was killed by signal 9"), "{stderr}");
+    for pid in workers {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z"), "worker {pid} outlived the launcher");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -98,6 +98,9 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         dist_timeout: args.dist_timeout,
     };
     let summary = pretrain(&options)?;
+    if summary.rank != 0 {
+        return Ok(());
+    }
     if summary.iterations == 0 {
         println!("wrote the initial (untrained) weights to {}", output.join("checkpoint").display());
         return Ok(());

@@ -107,13 +107,13 @@ impl World {
 
     /// Sums each tensor over the ranks, in place.
     pub fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<()> {
-        self.bucketed(tensors, |group, flat| group.all_reduce(flat, ReduceOp::Sum))
+        self.bucketed("all-reduce (sum)", tensors, |group, flat| group.all_reduce(flat, ReduceOp::Sum))
     }
 
     /// Averages each tensor over the ranks, in place (Gloo has no average: a sum divided by the world size).
     pub fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<()> {
         let size = self.size as f64;
-        self.bucketed(tensors, |group, flat| {
+        self.bucketed("all-reduce (mean)", tensors, |group, flat| {
             group.all_reduce(flat, ReduceOp::Sum)?;
             let _ = flat.g_div_scalar_(size);
             Ok(())
@@ -122,12 +122,12 @@ impl World {
 
     /// The element-wise maximum of each tensor over the ranks, in place.
     pub fn all_reduce_max(&self, tensors: &[Tensor]) -> Result<()> {
-        self.bucketed(tensors, |group, flat| group.all_reduce(flat, ReduceOp::Max))
+        self.bucketed("all-reduce (max)", tensors, |group, flat| group.all_reduce(flat, ReduceOp::Max))
     }
 
     /// Overwrites each tensor with rank 0's.
     pub fn broadcast_from_root(&self, tensors: &[Tensor]) -> Result<()> {
-        self.bucketed(tensors, |group, flat| group.broadcast(flat, 0))
+        self.bucketed("broadcast", tensors, |group, flat| group.broadcast(flat, 0))
     }
 
     /// Every rank's `values` (all ranks pass as many), by rank.
@@ -135,31 +135,37 @@ impl World {
         let Some(group) = &self.group else { return Ok(vec![values.to_vec()]) };
         let input = Tensor::from_slice(values);
         let mut output = Tensor::zeros([(self.size * values.len()) as i64], (Kind::Double, tch::Device::Cpu));
-        group.all_gather(&input, &mut output)?;
+        group.all_gather(&input, &mut output).with_context(|| self.failed("all-gather"))?;
         let flat = Vec::<f64>::try_from(&output)?;
         Ok(flat.chunks(values.len().max(1)).map(<[f64]>::to_vec).take(self.size).collect())
     }
 
     /// Returns when every rank has reached it.
     pub fn barrier(&self) -> Result<()> {
-        self.group.as_ref().map_or(Ok(()), ProcessGroup::barrier)
+        let Some(group) = &self.group else { return Ok(()) };
+        group.barrier().with_context(|| self.failed("barrier"))
+    }
+
+    /// What a failed collective says: which rank saw it, and the likely cause.
+    fn failed(&self, what: &str) -> String {
+        format!("rank {} of {}: {what} across ranks failed (another rank died or did not answer in time)", self.rank, self.size)
     }
 
     /// Runs `collective` on flat buffers holding `tensors` (grouped by kind and device, at most
     /// [`BUCKET_BYTES`] each) and copies the results back; a lone contiguous tensor is used as it is.
-    fn bucketed(&self, tensors: &[Tensor], collective: impl Fn(&ProcessGroup, &mut Tensor) -> Result<()>) -> Result<()> {
+    fn bucketed(&self, what: &str, tensors: &[Tensor], collective: impl Fn(&ProcessGroup, &mut Tensor) -> Result<()>) -> Result<()> {
         let Some(group) = &self.group else { return Ok(()) };
         tch::no_grad(|| {
             for bucket in buckets(tensors) {
                 if let [only] = bucket.as_slice() {
                     if only.is_contiguous() {
-                        collective(group, &mut only.shallow_clone())?;
+                        collective(group, &mut only.shallow_clone()).with_context(|| self.failed(what))?;
                         continue;
                     }
                 }
                 let flat: Vec<Tensor> = bucket.iter().map(|t| t.reshape([-1])).collect();
                 let mut flat = Tensor::cat(&flat, 0);
-                collective(group, &mut flat)?;
+                collective(group, &mut flat).with_context(|| self.failed(what))?;
                 let mut offset = 0;
                 for t in bucket {
                     let n = t.numel() as i64;

@@ -67,8 +67,10 @@ pub struct Summary {
     pub images_per_second: f64,
     /// Loss of the last iteration.
     pub last_loss: f64,
-    /// Images skipped because they did not decode (this rank's).
+    /// Images skipped because they did not decode, over all ranks.
     pub skipped_images: usize,
+    /// This process's rank (0 for a single process): only rank 0 reports.
+    pub rank: usize,
 }
 
 /// Where metrics go: `metrics.jsonl` on rank 0, nowhere on the others.
@@ -339,7 +341,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
     bar.finish_and_clear();
     // Leave together: no rank tears the group down while another still uses it.
     world.barrier()?;
-    Ok(Summary { iterations: progress.iteration, images_per_second, last_loss, skipped_images })
+    Ok(Summary { iterations: progress.iteration, images_per_second, last_loss, skipped_images, rank: world.rank() })
 }
 
 /// Drops the metric lines of iterations at or after `iteration` (logged after the checkpoint a run resumes from,
