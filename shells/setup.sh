@@ -100,6 +100,23 @@ if [ ! -f "$FMNIST/.done" ]; then
   touch "$FMNIST/.done"
 fi
 
+# --- gloo headers from Debian's libgloo-dev (the c10d shim includes ProcessGroupGloo.hpp, which includes them; ---
+# --- the torch wheel ships libtorch's compiled Gloo but not its headers; only declarations are used) ---------------
+GLOO="$CACHE/gloo"
+if [ ! -f "$GLOO/.done" ]; then
+  say "fetching Debian's libgloo-dev (headers only)"
+  TMP="$(mktemp -d)"
+  ( cd "$TMP" && apt-get download libgloo-dev >/dev/null 2>&1 ) || {
+    say "apt-get download failed; trying apt-get update first"
+    ( cd "$TMP" && (apt-get update >/dev/null 2>&1 || sudo apt-get update >/dev/null 2>&1) && apt-get download libgloo-dev >/dev/null )
+  }
+  dpkg-deb -x "$TMP"/libgloo-dev_*.deb "$TMP/x"
+  rm -rf "$GLOO"; mkdir -p "$GLOO"
+  cp -r "$TMP"/x/usr/include "$GLOO/"
+  rm -rf "$TMP"
+  touch "$GLOO/.done"
+fi
+
 # --- cargo environment for this clone ---------------------------------------------------------------------------
 mkdir -p "$REPO/.cargo"
 cat > "$REPO/.cargo/config.toml.tmp" <<TOML
@@ -109,6 +126,7 @@ LIBTORCH = "$LIBTORCH"
 ORT_DYLIB_PATH = "$ORT_LIB"
 POAC_PYTHON = "$PY"
 POAC_FASHION_MNIST = "$FMNIST"
+POAC_GLOO_INCLUDE = "$GLOO/include"
 TOML
 mv "$REPO/.cargo/config.toml.tmp" "$REPO/.cargo/config.toml"
 

@@ -322,6 +322,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
             "lr": values.lr, "weight_decay": values.weight_decay, "momentum": values.momentum,
             "teacher_temp": values.teacher_temp, "images_per_second": images_per_second,
             "skipped_images": skipped_images, "elapsed_s": progress.elapsed_s,
+            "gradient_all_reduce_s": losses.gradient_all_reduce_s,
         });
         metrics.write(&line)?;
         if root && progress.iteration % config.train.saveckp_freq as u64 == 0 {

@@ -28,6 +28,8 @@ pub struct Losses {
     pub intact_dino: f64,
     /// The DINO part of the elastic student's term.
     pub elastic_dino: f64,
+    /// Seconds spent averaging the gradients over the ranks (0 for one process).
+    pub gradient_all_reduce_s: f64,
 }
 
 /// The networks and optimiser state of a run.
@@ -301,7 +303,9 @@ impl Poa {
         // Each rank's loss is the mean over its share of the global batch: the mean of their gradients is the
         // gradient of the global batch's loss.
         let grads: Vec<Tensor> = modules.iter().flatten().map(Tensor::grad).filter(Tensor::defined).collect();
+        let all_reduce_started = std::time::Instant::now();
         world.all_reduce_mean(&grads)?;
+        let gradient_all_reduce_s = all_reduce_started.elapsed().as_secs_f64();
         if cfg.optim.clip_grad > 0.0 {
             for module in &modules {
                 clip_grad_norm(module, cfg.optim.clip_grad);
@@ -325,6 +329,7 @@ impl Poa {
             intact_to_elastic: to_elastic.double_value(&[]),
             intact_dino: intact_dino.double_value(&[]),
             elastic_dino: elastic_dino.double_value(&[]),
+            gradient_all_reduce_s,
             total,
         })
     }
