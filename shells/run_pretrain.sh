@@ -7,6 +7,10 @@
 #   CONFIG=configs/fashion_mnist_vit.yaml  DATA=~/.cache/poac/datasets/fashion-mnist  RUN=runs/fashion_mnist
 #   TIME_BUDGET=15m  TRAIN_LIMIT=10000  VAL_LIMIT=2000
 # Extra arguments go to `poac pretrain` (e.g. --max-iters 50). A second call resumes/reuses what is done.
+# Data-parallel pre-training (as the reference's nodes × GPUs): NNODES=1 NPROC_PER_NODE=1 NODE_RANK=0
+#   MASTER_ADDR=127.0.0.1 MASTER_PORT=29500; with more than one process in all, `poac launch` starts this node's
+#   workers (run the script on every node with its NODE_RANK; RUN must be a shared folder). The defaults are one
+#   process, as before.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -17,6 +21,11 @@ RUN="${RUN:-runs/fashion_mnist}"
 TIME_BUDGET="${TIME_BUDGET:-15m}"
 TRAIN_LIMIT="${TRAIN_LIMIT:-10000}"
 VAL_LIMIT="${VAL_LIMIT:-2000}"
+NNODES="${NNODES:-1}"
+NPROC_PER_NODE="${NPROC_PER_NODE:-1}"
+NODE_RANK="${NODE_RANK:-0}"
+MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+MASTER_PORT="${MASTER_PORT:-29500}"
 started=$(date +%s)
 
 bash shells/setup.sh
@@ -27,7 +36,15 @@ PY="$CACHE/venv/bin/python"
 "$POAC" data fashion-mnist --out "$DATA"
 
 # --resume continues an earlier (interrupted or finished) run of the same folder, or starts a new one.
-"$POAC" pretrain --config "$CONFIG" --data "$DATA" --output "$RUN" --time-budget "$TIME_BUDGET" --resume "$@"
+PRETRAIN=(pretrain --config "$CONFIG" --data "$DATA" --output "$RUN" --time-budget "$TIME_BUDGET" --resume "$@")
+if [ $((NNODES * NPROC_PER_NODE)) -gt 1 ]; then
+  "$POAC" launch --nnodes "$NNODES" --nproc-per-node "$NPROC_PER_NODE" --node-rank "$NODE_RANK" \
+    --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" -- "${PRETRAIN[@]}"
+  # Only node 0 lowers and evaluates (it holds rank 0's checkpoint).
+  [ "$NODE_RANK" = 0 ] || exit 0
+else
+  "$POAC" "${PRETRAIN[@]}"
+fi
 # Baseline: the same sub-networks with random weights — the very initialisation the run started from (same
 # config and seed, zero iterations).
 RANDOM_RUN="$RUN-random-init"

@@ -15,6 +15,16 @@ CACHE="${POAC_CACHE:-$HOME/.cache/poac}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$CACHE"
 say() { printf '[setup] %s\n' "$*" >&2; }
+# Unpacks Debian package $1 into folder $2 (apt-get download, after apt-get update if the lists are stale).
+unpack_deb() {
+  local debs; debs="$(mktemp -d)"
+  ( cd "$debs" && apt-get download "$1" >/dev/null 2>&1 ) || {
+    say "apt-get download $1 failed; trying apt-get update first"
+    ( cd "$debs" && (apt-get update >/dev/null 2>&1 || sudo apt-get update >/dev/null 2>&1) && apt-get download "$1" >/dev/null )
+  }
+  dpkg-deb -x "$debs/$1"_*.deb "$2"
+  rm -rf "$debs"
+}
 
 # --- Python venv with the ONNX checker (test oracle) and numpy -------------------------------------------------
 VENV="$CACHE/venv"
@@ -88,13 +98,9 @@ if [ ! -f "$FMNIST/.done" ]; then
   else
     say "fetching Debian's dataset-fashion-mnist"
     TMP="$(mktemp -d)"
-    ( cd "$TMP" && apt-get download dataset-fashion-mnist >/dev/null 2>&1 ) || {
-      say "apt-get download failed; trying apt-get update first"
-      ( cd "$TMP" && (apt-get update >/dev/null 2>&1 || sudo apt-get update >/dev/null 2>&1) && apt-get download dataset-fashion-mnist >/dev/null )
-    }
-    dpkg-deb -x "$TMP"/dataset-fashion-mnist_*.deb "$TMP/x"
+    unpack_deb dataset-fashion-mnist "$TMP"
     mkdir -p "$FMNIST"
-    cp "$TMP"/x/usr/share/datasets/fashion-mnist/*.gz "$FMNIST/"
+    cp "$TMP"/usr/share/datasets/fashion-mnist/*.gz "$FMNIST/"
     rm -rf "$TMP"
   fi
   touch "$FMNIST/.done"
@@ -109,14 +115,24 @@ if [ ! -f "$FONT" ]; then
   else
     say "fetching Debian's fonts-dejavu-core"
     TMP="$(mktemp -d)"
-    ( cd "$TMP" && apt-get download fonts-dejavu-core >/dev/null 2>&1 ) || {
-      ( cd "$TMP" && (apt-get update >/dev/null 2>&1 || sudo apt-get update >/dev/null 2>&1) && apt-get download fonts-dejavu-core >/dev/null )
-    }
-    dpkg-deb -x "$TMP"/fonts-dejavu-core_*.deb "$TMP/x"
-    cp "$TMP"/x/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$FONT.tmp"
+    unpack_deb fonts-dejavu-core "$TMP"
+    cp "$TMP"/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$FONT.tmp"
     rm -rf "$TMP"
   fi
   mv "$FONT.tmp" "$FONT"
+fi
+
+# --- gloo headers from Debian's libgloo-dev (the c10d shim includes ProcessGroupGloo.hpp, which includes them; ---
+# --- the torch wheel ships libtorch's compiled Gloo but not its headers; only declarations are used) ---------------
+GLOO="$CACHE/gloo"
+if [ ! -f "$GLOO/.done" ]; then
+  say "fetching Debian's libgloo-dev (headers only)"
+  TMP="$(mktemp -d)"
+  unpack_deb libgloo-dev "$TMP"
+  rm -rf "$GLOO"; mkdir -p "$GLOO"
+  cp -r "$TMP"/usr/include "$GLOO/"
+  rm -rf "$TMP"
+  touch "$GLOO/.done"
 fi
 
 # --- cargo environment for this clone ---------------------------------------------------------------------------
@@ -128,7 +144,8 @@ LIBTORCH = "$LIBTORCH"
 ORT_DYLIB_PATH = "$ORT_LIB"
 POAC_PYTHON = "$PY"
 POAC_FASHION_MNIST = "$FMNIST"
+POAC_GLOO_INCLUDE = "$GLOO/include"
 TOML
 mv "$REPO/.cargo/config.toml.tmp" "$REPO/.cargo/config.toml"
 
-say "ready: libtorch=$LIBTORCH ort=$ORT_LIB python=$PY fashion-mnist=$FMNIST font=$FONT"
+say "ready: libtorch=$LIBTORCH ort=$ORT_LIB python=$PY fashion-mnist=$FMNIST font=$FONT gloo=$GLOO/include"

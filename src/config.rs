@@ -401,9 +401,10 @@ impl Config {
         }
     }
 
-    /// Learning rate after the batch-size scaling rule.
-    pub fn lr(&self) -> f64 {
-        let batch = self.train.batch_size as f64;
+    /// Learning rate after the batch-size scaling rule, for the global batch of `ranks` data-parallel processes
+    /// of `train.batch_size` images each.
+    pub fn lr(&self, ranks: usize) -> f64 {
+        let batch = (self.train.batch_size * ranks) as f64;
         match self.optim.scaling_rule.as_str() {
             "linear_wrt_256" => self.optim.base_lr * batch / 256.0,
             _ => self.optim.base_lr * (batch / 1024.0).sqrt(),
@@ -535,7 +536,7 @@ mod tests {
     fn missing_keys_take_defaults_and_lr_scales() {
         let c = Config::parse("train:\n  batch_size: 256\n").unwrap();
         assert_eq!(c.dino.lambda_ie, 0.8);
-        assert!((c.lr() - 0.004 * 0.5).abs() < 1e-12);
+        assert!((c.lr(1) - 0.004 * 0.5).abs() < 1e-12);
     }
 
     #[test]

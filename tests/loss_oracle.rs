@@ -3,6 +3,7 @@
 //! masked-patch loss, KoLeo and the intact→elastic term, on the same fixed inputs, to ≤ 1e-5; and the schedules
 //! against dinov2's `CosineScheduler` re-written in numpy, at every iteration.
 
+use poac::dist::World;
 use poac::train::losses::{cross_entropy, dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp, SINKHORN_ITERATIONS};
 use std::path::PathBuf;
 use std::process::Command;
@@ -48,8 +49,8 @@ fn losses_equal_numpy() {
     let weights: Vec<f32> = vec![0.5, 0.5, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0];
     let features = values(6 * 4, 7.7);
 
-    let sk = sinkhorn_knopp(&tensor(&teacher, [2 * b, k]), teacher_temp, SINKHORN_ITERATIONS);
-    let sk_patch = sinkhorn_knopp(&tensor(&teacher_patch, [patches, k]), teacher_temp, SINKHORN_ITERATIONS);
+    let sk = sinkhorn_knopp(&tensor(&teacher, [2 * b, k]), teacher_temp, SINKHORN_ITERATIONS, (2 * b) as f64, &World::single()).unwrap();
+    let sk_patch = sinkhorn_knopp(&tensor(&teacher_patch, [patches, k]), teacher_temp, SINKHORN_ITERATIONS, patches as f64, &World::single()).unwrap();
     let dino = dino_loss(&sk, &tensor(&global, [2 * b, k]), &tensor(&local, [locals * b, k]), b, student_temp);
     let ibot = ibot_loss(&sk_patch, &tensor(&student_patch, [patches, k]), &Tensor::from_slice(&weights), 2 * b, student_temp);
     let koleo = koleo_loss(&tensor(&features, [6, 4]));
@@ -127,7 +128,7 @@ fn schedules_equal_dinov2_cosine_scheduler_in_numpy() {
     c.optim.min_lr = 1e-6;
     c.train.batch_size = 256;
     c.teacher.warmup_teacher_temp_epochs = 5.0;
-    let s = Schedules::new(&c, 120);
+    let s = Schedules::new(&c, 120, 1);
     let mut ours = Vec::new();
     for it in 0..130 {
         let v = s.at(it);

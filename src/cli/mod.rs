@@ -5,6 +5,7 @@ mod data;
 mod eval;
 mod import_torch;
 mod inspect;
+mod launch;
 mod lower;
 mod pretrain;
 mod report;
@@ -27,6 +28,9 @@ enum Command {
     Data(data::DataCommand),
     /// POA self-supervised pre-training of an elastic ViT.
     Pretrain(pretrain::PretrainArgs),
+    /// Start this node's workers of a data-parallel run (torchrun's environment): `launch --nproc-per-node 2 --
+    /// pretrain …`.
+    Launch(launch::LaunchArgs),
     /// Lower one sub-network of a checkpoint to ONNX.
     Lower(lower::LowerArgs),
     /// List every sub-network of a checkpoint with its parameters and FLOPs.
@@ -78,6 +82,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data(c) => data::run(c),
         Command::Pretrain(a) => pretrain::run(a),
+        Command::Launch(a) => launch::run(a),
         Command::Lower(a) => lower::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(c) => eval::run(c),

@@ -33,6 +33,10 @@ pub struct PretrainArgs {
     /// cpu, or cuda / cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Under torchrun / `poac launch` (WORLD_SIZE > 1): how long the rendezvous and each collective wait for
+    /// the other ranks before failing, e.g. 90s, 10m.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    dist_timeout: Duration,
     /// Override a config value: --set student.layerscale=1.0 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -91,8 +95,12 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         resume: args.resume,
         device,
         overrides: args.overrides,
+        dist_timeout: args.dist_timeout,
     };
     let summary = pretrain(&options)?;
+    if summary.rank != 0 {
+        return Ok(());
+    }
     if summary.iterations == 0 {
         println!("wrote the initial (untrained) weights to {}", output.join("checkpoint").display());
         return Ok(());

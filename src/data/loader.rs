@@ -95,11 +95,27 @@ pub struct CropBatch {
     pub skipped: usize,
 }
 
+/// Which part of each global batch this process trains on: with `ranks` data-parallel processes a global
+/// batch holds `ranks × batch_size` images and rank `rank` takes the `rank`-th run of `batch_size` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's rank.
+    pub rank: usize,
+    /// Number of processes.
+    pub ranks: usize,
+}
+
+impl Shard {
+    /// The whole batch: one process.
+    pub const WHOLE: Shard = Shard { rank: 0, ranks: 1 };
+}
+
 /// Streams training batches for iterations `start..`; batch `t` depends only on the seed and `t`, so a resumed
-/// run sees the same data as an uninterrupted one.
+/// run sees the same data as an uninterrupted one, and each image's crops and masks depend only on its position
+/// in the global batch, so any split across ranks sees the same crops as one process.
 pub struct TrainLoader {
     /// Set when batches are built on the calling thread (`workers == 0`).
-    inline: Option<(Arc<(PathBuf, Vec<Entry>, MultiCropSpec)>, EpochOrder, u64)>,
+    inline: Option<(Arc<Source>, EpochOrder)>,
     receiver: Receiver<(u64, Result<CropBatch>)>,
     pending: BTreeMap<u64, Result<CropBatch>>,
     next: u64,
@@ -113,16 +129,14 @@ impl TrainLoader {
     /// Starts `workers` threads producing batches from iteration `start`. With `workers == 0` batches are built
     /// on the calling thread when asked for: on a machine with as many cores as libtorch threads, a loader
     /// thread preempts libtorch's spinning workers and costs far more than the few milliseconds it computes.
-    pub fn start(root: &Path, entries: Vec<Entry>, spec: MultiCropSpec, seed: u64, start: u64, workers: usize) -> Self {
+    pub fn start(root: &Path, entries: Vec<Entry>, spec: MultiCropSpec, seed: u64, start: u64, workers: usize, shard: Shard) -> Self {
         let (sender, receiver) = bounded(2 * workers.max(1) + 2);
         let stop = Arc::new(AtomicBool::new(false));
         let counter = Arc::new(AtomicU64::new(start));
         let skipped_total = Arc::new(AtomicUsize::new(0));
-        let batch_size = spec.batch_size;
-        let shared = Arc::new((root.to_path_buf(), entries, spec));
+        let shared = Arc::new(Source { root: root.to_path_buf(), entries, spec, seed, shard });
         if workers == 0 {
-            let order = EpochOrder::new(shared.1.len(), batch_size, seed);
-            let inline = Some((shared, order, seed));
+            let inline = Some((shared.clone(), shared.order()));
             return TrainLoader { inline, receiver, pending: BTreeMap::new(), next: start, stop, workers: Vec::new(), skipped_total };
         }
         let handles = (0..workers)
@@ -130,11 +144,10 @@ impl TrainLoader {
                 let (sender, stop, counter, shared) = (sender.clone(), stop.clone(), counter.clone(), shared.clone());
                 std::thread::spawn(move || {
                     lower_priority();
-                    let (root, entries, spec) = &*shared;
-                    let mut order = EpochOrder::new(entries.len(), spec.batch_size, seed);
+                    let mut order = shared.order();
                     while !stop.load(Ordering::Relaxed) {
                         let iteration = counter.fetch_add(1, Ordering::Relaxed);
-                        let batch = build_batch(root, entries, spec, order.batch(iteration), seed, iteration);
+                        let batch = shared.build_batch(order.batch(iteration), iteration);
                         if sender.send((iteration, batch)).is_err() {
                             break;
                         }
@@ -147,9 +160,8 @@ impl TrainLoader {
 
     /// The batch of the next iteration, in order; an error if no image of the dataset decodes any more.
     pub fn next_batch(&mut self) -> Result<CropBatch> {
-        let batch = if let Some((shared, order, seed)) = &mut self.inline {
-            let (root, entries, spec) = &**shared;
-            build_batch(root, entries, spec, order.batch(self.next), *seed, self.next)?
+        let batch = if let Some((shared, order)) = &mut self.inline {
+            shared.build_batch(order.batch(self.next), self.next)?
         } else {
             loop {
                 if let Some(batch) = self.pending.remove(&self.next) {
@@ -218,34 +230,64 @@ impl EpochOrder {
     }
 }
 
-fn build_batch(root: &Path, entries: &[Entry], spec: &MultiCropSpec, indices: Vec<usize>, seed: u64, iteration: u64) -> Result<CropBatch> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1).wrapping_mul(0x2545_F491_4F6C_DD1D) ^ iteration);
-    let b = spec.batch_size;
-    let (g, l) = (spec.global[0].size, spec.local.size);
-    let mut global = vec![0.0f32; 2 * b * 3 * g * g];
-    let mut local = vec![0.0f32; spec.local_number * b * 3 * l * l];
-    let mut skipped = 0;
-    for (i, &index) in indices.iter().enumerate() {
-        let image = decode_or_next(root, entries, index, &mut skipped)?;
-        for (k, recipe) in spec.global.iter().enumerate() {
-            let crop = augmented_crop(&image, recipe, &mut rng);
-            let at = (k * b + i) * 3 * g * g;
-            global[at..at + 3 * g * g].copy_from_slice(&crop.data);
-        }
-        for k in 0..spec.local_number {
-            let crop = augmented_crop(&image, &spec.local, &mut rng);
-            let at = (k * b + i) * 3 * l * l;
-            local[at..at + 3 * l * l].copy_from_slice(&crop.data);
-        }
+/// What a loader builds its batches from.
+struct Source {
+    root: PathBuf,
+    entries: Vec<Entry>,
+    spec: MultiCropSpec,
+    seed: u64,
+    shard: Shard,
+}
+
+impl Source {
+    /// The order of the global batches.
+    fn order(&self) -> EpochOrder {
+        EpochOrder::new(self.entries.len(), self.spec.batch_size * self.shard.ranks, self.seed)
     }
-    let side = g / spec.patch_size;
-    let masks: Vec<bool> = batch_masks(2 * b, side, spec.mask_probability, spec.mask_ratio, &mut rng).concat();
-    Ok(CropBatch {
-        global: Tensor::from_slice(&global).view([2 * b as i64, 3, g as i64, g as i64]),
-        local: Tensor::from_slice(&local).view([(spec.local_number * b) as i64, 3, l as i64, l as i64]),
-        masks: Tensor::from_slice(&masks).view([2 * b as i64, (side * side) as i64]),
-        skipped,
-    })
+
+    /// This shard's part of the global batch `global` (image indices) of `iteration`: image `j` of the global
+    /// batch is cropped with a generator of its own, seeded by the seed, the iteration and `j`; the masks are
+    /// drawn for the whole global batch, as one process would, and this shard's rows taken.
+    fn build_batch(&self, global: Vec<usize>, iteration: u64) -> Result<CropBatch> {
+        let spec = &self.spec;
+        let b = spec.batch_size;
+        let first = self.shard.rank * b;
+        let (g, l) = (spec.global[0].size, spec.local.size);
+        let mut global_crops = vec![0.0f32; 2 * b * 3 * g * g];
+        let mut local = vec![0.0f32; spec.local_number * b * 3 * l * l];
+        let mut skipped = 0;
+        for (i, &index) in global[first..first + b].iter().enumerate() {
+            let mut rng = self.rng(iteration, Some(first + i));
+            let image = decode_or_next(&self.root, &self.entries, index, &mut skipped)?;
+            for (k, recipe) in spec.global.iter().enumerate() {
+                let crop = augmented_crop(&image, recipe, &mut rng);
+                let at = (k * b + i) * 3 * g * g;
+                global_crops[at..at + 3 * g * g].copy_from_slice(&crop.data);
+            }
+            for k in 0..spec.local_number {
+                let crop = augmented_crop(&image, &spec.local, &mut rng);
+                let at = (k * b + i) * 3 * l * l;
+                local[at..at + 3 * l * l].copy_from_slice(&crop.data);
+            }
+        }
+        let side = g / spec.patch_size;
+        let all_masks = batch_masks(2 * global.len(), side, spec.mask_probability, spec.mask_ratio, &mut self.rng(iteration, None));
+        let masks: Vec<bool> = (0..2).flat_map(|k| all_masks[k * global.len() + first..][..b].concat()).collect();
+        Ok(CropBatch {
+            global: Tensor::from_slice(&global_crops).view([2 * b as i64, 3, g as i64, g as i64]),
+            local: Tensor::from_slice(&local).view([(spec.local_number * b) as i64, 3, l as i64, l as i64]),
+            masks: Tensor::from_slice(&masks).view([2 * b as i64, (side * side) as i64]),
+            skipped,
+        })
+    }
+
+    /// The generator of image `position` of the global batch of `iteration`, or of its masks (`None`).
+    fn rng(&self, iteration: u64, position: Option<usize>) -> ChaCha8Rng {
+        let stream = position.map_or(0, |p| p as u64 + 1);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(1).wrapping_mul(0x2545_F491_4F6C_DD1D) ^ iteration);
+        rng.set_stream(stream);
+        rng
+    }
 }
 
 /// Decodes entry `index`, or the next ones that decode (files can change after indexing); every failure is

@@ -32,7 +32,7 @@ pub fn describe(config: &Config) -> Result<String> {
     let mut out = serde_yaml::to_string(config)?;
     let o = &config.optim;
     writeln!(out, "\n# derived")?;
-    writeln!(out, "learning rate: {:.6} (base_lr {} × {} for batch {batch})", config.lr(), o.base_lr, o.scaling_rule)?;
+    writeln!(out, "learning rate: {:.6} (base_lr {} × {} for batch {batch})", config.lr(1), o.base_lr, o.scaling_rule)?;
     let iterations = (o.epochs * config.train.official_epoch_length as f64).round() as u64;
     writeln!(out, "iterations: {iterations} ({} epochs × {}), cosine schedules over {:.0}", o.epochs, config.train.official_epoch_length, iterations as f64 / o.iter_num_scale)?;
     let list = space.sampling_list(d.net_select_scale);

@@ -1,6 +1,8 @@
 //! POA's loss terms (POA_SPEC §5): DINO cross-view class-token loss, iBOT masked-patch loss, KoLeo, the
 //! intact→elastic distillation, and the centring of the teacher's outputs (Sinkhorn–Knopp or DINO's EMA).
 
+use crate::dist::World;
+use anyhow::Result;
 use tch::{Kind, Tensor};
 
 /// `mean_rows(−Σ_k target · log_softmax(student / temp))`.
@@ -50,17 +52,25 @@ pub const SINKHORN_ITERATIONS: usize = 3;
 /// Teacher targets `[M, K]` by Sinkhorn–Knopp (SwAV, dinov2): `exp(logits / temp)` normalised alternately so
 /// that every prototype gets an equal share of the batch (rows of `Qᵀ` sum to 1/K) and every sample is a
 /// distribution (columns sum to 1/M), `iterations` times; returned as per-sample distributions (rows sum to 1).
-pub fn sinkhorn_knopp(logits: &Tensor, temp: f64, iterations: usize) -> Tensor {
-    let (m, k) = (logits.size()[0] as f64, logits.size()[1] as f64);
+/// Across ranks (dinov2's distributed Sinkhorn–Knopp) `logits` is this rank's `M_r` rows of the `rows` of all
+/// ranks, and the sums over samples are reduced over `world`.
+pub fn sinkhorn_knopp(logits: &Tensor, temp: f64, iterations: usize, rows: f64, world: &World) -> Result<Tensor> {
+    let k = logits.size()[1] as f64;
     let scaled = logits.to_kind(Kind::Float) / temp;
-    // Subtracting the maximum leaves the result unchanged (it is normalised) and keeps exp finite.
-    let mut q = (&scaled - scaled.max()).exp().tr();
-    q = &q / q.sum(Kind::Float);
+    // Subtracting the maximum (over all ranks) leaves the result unchanged (it is normalised), keeps exp finite.
+    let max = if scaled.numel() == 0 { Tensor::full([], f32::MIN as f64, (Kind::Float, scaled.device())) } else { scaled.max() };
+    world.all_reduce_max(std::slice::from_ref(&max))?;
+    let mut q = (&scaled - max).exp().tr();
+    let total = q.sum(Kind::Float);
+    world.all_reduce_sum(std::slice::from_ref(&total))?;
+    q = &q / total;
     for _ in 0..iterations {
-        q = &q / q.sum_dim_intlist(1, true, Kind::Float) / k;
-        q = &q / q.sum_dim_intlist(0, true, Kind::Float) / m;
+        let per_prototype = q.sum_dim_intlist(1, true, Kind::Float);
+        world.all_reduce_sum(std::slice::from_ref(&per_prototype))?;
+        q = &q / per_prototype / k;
+        q = &q / q.sum_dim_intlist(0, true, Kind::Float) / rows;
     }
-    (q * m).tr()
+    Ok((q * rows).tr())
 }
 
 /// How the teacher's outputs become targets: Sinkhorn–Knopp, or DINO's EMA centre — probabilities are
@@ -78,21 +88,24 @@ impl Centering {
         Centering { center: Tensor::zeros([1, k], (Kind::Float, device)), momentum, sinkhorn_knopp }
     }
 
-    /// Centred, sharpened probabilities of teacher logits `[M, K]`.
-    pub fn probs(&self, logits: &Tensor, temp: f64) -> Tensor {
+    /// Centred, sharpened probabilities of teacher logits `[M_r, K]`, this rank's of `rows` over `world`.
+    pub fn probs(&self, logits: &Tensor, temp: f64, rows: f64, world: &World) -> Result<Tensor> {
         if self.sinkhorn_knopp {
-            return sinkhorn_knopp(logits, temp, SINKHORN_ITERATIONS);
+            return sinkhorn_knopp(logits, temp, SINKHORN_ITERATIONS, rows, world);
         }
-        ((logits - &self.center) / temp).softmax(-1, Kind::Float)
+        Ok(((logits - &self.center) / temp).softmax(-1, Kind::Float))
     }
 
-    /// Moves the EMA centre towards the mean of `logits` (nothing to do for Sinkhorn–Knopp).
-    pub fn update(&mut self, logits: &Tensor) {
-        if self.sinkhorn_knopp || logits.size()[0] == 0 {
-            return;
+    /// Moves the EMA centre towards the mean of the logits of all ranks (`rows` of them, this rank's
+    /// `logits`); nothing to do for Sinkhorn–Knopp.
+    pub fn update(&mut self, logits: &Tensor, rows: f64, world: &World) -> Result<()> {
+        if self.sinkhorn_knopp || rows == 0.0 {
+            return Ok(());
         }
-        let mean = logits.mean_dim(0, true, Kind::Float);
-        self.center = &self.center * self.momentum + mean * (1.0 - self.momentum);
+        let sum = logits.sum_dim_intlist(0, true, Kind::Float);
+        world.all_reduce_sum(std::slice::from_ref(&sum))?;
+        self.center = &self.center * self.momentum + sum * ((1.0 - self.momentum) / rows);
+        Ok(())
     }
 }
 
@@ -135,7 +148,7 @@ mod tests {
     #[test]
     fn centre_moves_by_ema() {
         let mut c = Centering::new(2, 0.9, false, tch::Device::Cpu);
-        c.update(&Tensor::from_slice(&[1.0f32, 3.0, 3.0, 5.0]).view([2, 2]));
+        c.update(&Tensor::from_slice(&[1.0f32, 3.0, 3.0, 5.0]).view([2, 2]), 2.0, &World::single()).unwrap();
         let got: Vec<f32> = Vec::try_from(c.center.view([-1])).unwrap();
         assert!((got[0] - 0.2).abs() < 1e-6 && (got[1] - 0.4).abs() < 1e-6);
     }
@@ -145,7 +158,7 @@ mod tests {
         // After the last column step each sample is a distribution; with enough iterations every prototype
         // also gets an equal share M/K of the mass.
         let logits = Tensor::from_slice(&[0.9f32, 0.1, -0.3, 0.5, 0.7, -0.2, 0.0, 0.3, -0.8, 0.6, 0.2, 0.4]).view([4, 3]);
-        let q = sinkhorn_knopp(&logits, 0.1, 200);
+        let q = sinkhorn_knopp(&logits, 0.1, 200, 4.0, &World::single()).unwrap();
         let rows: Vec<f32> = Vec::try_from(q.sum_dim_intlist(1, false, Kind::Float)).unwrap();
         let cols: Vec<f32> = Vec::try_from(q.sum_dim_intlist(0, false, Kind::Float)).unwrap();
         assert!(rows.iter().all(|r| (r - 1.0).abs() < 1e-5), "{rows:?}");

@@ -8,6 +8,7 @@ use super::losses::{cross_entropy, dino_loss, ibot_loss, koleo_loss, Centering};
 use super::schedule::ScheduleValues;
 use crate::config::Config;
 use crate::data::loader::CropBatch;
+use crate::dist::World;
 use crate::model::{head, DinoHead, ElasticVit};
 use anyhow::{bail, Context, Result};
 use poac_ir::{build::supergraph, SubnetSpec};
@@ -27,6 +28,8 @@ pub struct Losses {
     pub intact_dino: f64,
     /// The DINO part of the elastic student's term.
     pub elastic_dino: f64,
+    /// Seconds spent averaging the gradients over the ranks (0 for one process).
+    pub gradient_all_reduce_s: f64,
 }
 
 /// The networks and optimiser state of a run.
@@ -152,8 +155,25 @@ impl Poa {
         &self.teacher
     }
 
+    /// Makes every rank's networks, optimiser moments and centres rank 0's.
+    pub fn broadcast_from_root(&self, world: &World) -> Result<()> {
+        let teacher = self.teacher.params().iter().map(|t| t.shallow_clone());
+        let state: Vec<Tensor> = self.state().into_iter().map(|(_, t)| t).chain(teacher).collect();
+        world.broadcast_from_root(&state)
+    }
+
     /// Writes a checkpoint of everything into `run`.
     pub fn save(&self, run: &std::path::Path, progress: &Progress) -> Result<()> {
+        let mut state = self.state();
+        state.push(("adam.param_steps".into(), Tensor::from_slice(&self.adam.param_steps)));
+        let state_refs: Vec<(String, &Tensor)> = state.iter().map(|(k, t)| (k.clone(), t)).collect();
+        checkpoint::save(run, self.teacher.graph(), &self.teacher.named_params(), &state_refs, progress)?;
+        checkpoint::keep_last(run, progress.iteration, self.config.train.max_to_keep)
+    }
+
+    /// The training state beside the teacher's backbone, by checkpoint key (sharing the live tensors): the
+    /// student, both networks' heads, the AdamW moments and the centres.
+    fn state(&self) -> Vec<(String, Tensor)> {
         let prefixed = |prefix: &str, named: Vec<(String, &Tensor)>| -> Vec<(String, Tensor)> {
             named.into_iter().map(|(k, t)| (format!("{prefix}{k}"), t.shallow_clone())).collect()
         };
@@ -166,14 +186,11 @@ impl Poa {
             state.push((format!("adam.m.{i}"), m.shallow_clone()));
             state.push((format!("adam.v.{i}"), v.shallow_clone()));
         }
-        state.push(("adam.param_steps".into(), Tensor::from_slice(&self.adam.param_steps)));
         for (h, (dino, ibot)) in self.centers.iter().enumerate() {
             state.push((format!("center.dino.{h}"), dino.center.shallow_clone()));
             state.push((format!("center.ibot.{h}"), ibot.center.shallow_clone()));
         }
-        let state_refs: Vec<(String, &Tensor)> = state.iter().map(|(k, t)| (k.clone(), t)).collect();
-        checkpoint::save(run, self.teacher.graph(), &self.teacher.named_params(), &state_refs, progress)?;
-        checkpoint::keep_last(run, progress.iteration, self.config.train.max_to_keep)
+        state
     }
 
     fn student_outputs(&self, batch: &CropBatch, subnet: SubnetSpec, masks: &Tensor, mask_index: &Tensor) -> StudentOutputs {
@@ -196,8 +213,9 @@ impl Poa {
         StudentOutputs { global_cls, heads }
     }
 
-    /// One POA iteration: forward teacher and both students, backward, clip, AdamW, EMA.
-    pub fn step(&mut self, batch: &CropBatch, subnet: SubnetSpec, v: ScheduleValues) -> Result<Losses> {
+    /// One POA iteration on this rank's part of the global batch: forward teacher and both students, backward,
+    /// gradients averaged over `world`, clip, AdamW, EMA.
+    pub fn step(&mut self, batch: &CropBatch, subnet: SubnetSpec, v: ScheduleValues, world: &World) -> Result<Losses> {
         let device = self.student.params()[0].device();
         let batch = CropBatch { global: batch.global.to_device(device), local: batch.local.to_device(device), masks: batch.masks.to_device(device), skipped: 0 };
         let b = self.config.train.batch_size as i64;
@@ -205,13 +223,18 @@ impl Poa {
         let masks = &batch.masks;
         let mask_index = masks.flatten(0, 1).nonzero().squeeze_dim(1);
         let n_masked = mask_index.size()[0];
-        let ibot_on = v.ibot_active && n_masked > 0 && self.config.ibot.loss_weight > 0.0;
+        // Teacher rows over all ranks: the centring normalises over the global batch.
+        let masked_rows = Tensor::from_slice(&[n_masked as f64]);
+        world.all_reduce_sum(std::slice::from_ref(&masked_rows))?;
+        let masked_rows = masked_rows.double_value(&[0]);
+        let cls_rows = (2 * b as usize * world.size()) as f64;
+        let ibot_on = v.ibot_active && masked_rows > 0.0 && self.config.ibot.loss_weight > 0.0;
         let token_weights = (masks.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0).reciprocal().unsqueeze(1).expand(masks.size(), false))
             .flatten(0, 1)
             .index_select(0, &mask_index);
 
         // Per head: the teacher's centred class-token and masked-patch targets.
-        let targets: Vec<(Tensor, Tensor)> = no_grad(|| {
+        let targets: Vec<(Tensor, Tensor)> = no_grad(|| -> Result<_> {
             let tokens = self.teacher.forward(&batch.global, intact, None);
             let cls = tokens.select(1, 0);
             let width = cls.size()[1];
@@ -223,15 +246,16 @@ impl Poa {
                 .map(|(head, (dino_center, ibot_center))| {
                     let logits = head.forward(&features);
                     let (cls_logits, patch_logits) = (logits.narrow(0, 0, 2 * b), logits.narrow(0, 2 * b, n_masked));
-                    let targets = (dino_center.probs(&cls_logits, v.teacher_temp), ibot_center.probs(&patch_logits, v.teacher_temp));
-                    dino_center.update(&cls_logits);
+                    let cls_targets = dino_center.probs(&cls_logits, v.teacher_temp, cls_rows, world)?;
+                    let patch_targets = if ibot_on { ibot_center.probs(&patch_logits, v.teacher_temp, masked_rows, world)? } else { patch_logits.zeros_like() };
+                    dino_center.update(&cls_logits, cls_rows, world)?;
                     if ibot_on {
-                        ibot_center.update(&patch_logits);
+                        ibot_center.update(&patch_logits, masked_rows, world)?;
                     }
-                    targets
+                    Ok((cls_targets, patch_targets))
                 })
                 .collect()
-        });
+        })?;
 
         let cfg = &self.config;
         let tau = cfg.teacher.student_temp;
@@ -276,6 +300,12 @@ impl Poa {
             .chain(self.student_heads.iter().map(|h| h.params()))
             .map(|ps| ps.iter().map(|t| t.shallow_clone()).collect())
             .collect();
+        // Each rank's loss is the mean over its share of the global batch: the mean of their gradients is the
+        // gradient of the global batch's loss.
+        let grads: Vec<Tensor> = modules.iter().flatten().map(Tensor::grad).filter(Tensor::defined).collect();
+        let all_reduce_started = std::time::Instant::now();
+        world.all_reduce_mean(&grads)?;
+        let gradient_all_reduce_s = all_reduce_started.elapsed().as_secs_f64();
         if cfg.optim.clip_grad > 0.0 {
             for module in &modules {
                 clip_grad_norm(module, cfg.optim.clip_grad);
@@ -299,6 +329,7 @@ impl Poa {
             intact_to_elastic: to_elastic.double_value(&[]),
             intact_dino: intact_dino.double_value(&[]),
             elastic_dino: elastic_dino.double_value(&[]),
+            gradient_all_reduce_s,
             total,
         })
     }

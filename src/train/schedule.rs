@@ -63,8 +63,8 @@ pub struct Schedules {
 }
 
 impl Schedules {
-    /// Schedules of `config` stretched over `total` iterations.
-    pub fn new(config: &Config, total: u64) -> Self {
+    /// Schedules of `config` stretched over `total` iterations, for `ranks` data-parallel processes.
+    pub fn new(config: &Config, total: u64, ranks: usize) -> Self {
         let run = total.max(1) as f64;
         let epochs = |e: f64| (e * run / config.optim.epochs).round() as u64;
         let span = (run / config.optim.iter_num_scale).round() as u64;
@@ -72,7 +72,7 @@ impl Schedules {
         let cosine = |base, end| Cosine { base, end, warmup_start: base, warmup: 0, total: span };
         let temp_warmup = epochs(t.warmup_teacher_temp_epochs);
         Schedules {
-            lr: Cosine { base: config.lr(), end: o.min_lr, warmup_start: 0.0, warmup: epochs(o.warmup_epochs).min(span), total: span },
+            lr: Cosine { base: config.lr(ranks), end: o.min_lr, warmup_start: 0.0, warmup: epochs(o.warmup_epochs).min(span), total: span },
             weight_decay: cosine(o.weight_decay, o.weight_decay_end),
             momentum: cosine(t.momentum_teacher, t.final_momentum_teacher),
             teacher_temp: Cosine { base: t.teacher_temp, end: t.teacher_temp, warmup_start: t.warmup_teacher_temp, warmup: temp_warmup, total: temp_warmup },
@@ -108,7 +108,7 @@ mod tests {
         c.train.batch_size = 1024; // sqrt rule: lr = base_lr
         c.teacher.warmup_teacher_temp_epochs = 5.0;
         c.ibot.ibot_activate_epochs = 1.0;
-        let s = Schedules::new(&c, 100);
+        let s = Schedules::new(&c, 100, 1);
         // Warm-up: 20 iterations, linspace(0, lr, 20): lr·t/19, reaching lr at iteration 19 and 20.
         assert!((s.at(10).lr - 0.004 * 10.0 / 19.0).abs() < 1e-12);
         assert!((s.at(19).lr - 0.004).abs() < 1e-12);
@@ -138,7 +138,7 @@ mod tests {
         c.optim.iter_num_scale = 0.5;
         // 100 iterations run; the cosines span 200: warm-up still 20 iterations (2 of 10 epochs of the run),
         // the lr cosine runs from 20 to 200 so at iteration 110 it is half-way; the momentum at 100 is half-way.
-        let s = Schedules::new(&c, 100);
+        let s = Schedules::new(&c, 100, 1);
         assert!((s.at(20).lr - 0.004).abs() < 1e-12);
         assert!((s.at(110).lr - 0.002).abs() < 1e-12);
         assert!((s.at(100).momentum - (0.992 + 0.9999) / 2.0).abs() < 1e-12);
