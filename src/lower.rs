@@ -325,6 +325,17 @@ pub struct ModelInfo {
     pub width: usize,
     /// Depth of the sub-network.
     pub depth: usize,
+    /// What the model returns (`cls`, `patch`, `cls+patch`, `last4`); `None` for a model lowered before poac
+    /// recorded it (those return the class token).
+    pub output: Option<String>,
+    /// True when the model ends in a classifier head and returns logits instead of features.
+    pub has_head: bool,
+    /// Backbone parameters of the sub-network, where recorded.
+    pub params: Option<usize>,
+    /// FLOPs per image, where recorded.
+    pub flops: Option<u64>,
+    /// The checkpoint folder the model was lowered from, where recorded.
+    pub source_checkpoint: Option<String>,
 }
 
 /// Reads the metadata `poac lower` writes into a model.
@@ -344,6 +355,11 @@ pub fn model_info(path: &Path) -> Result<ModelInfo> {
         std,
         width: get("width")?.parse().context("bad `width` metadata")?,
         depth: get("depth")?.parse().context("bad `depth` metadata")?,
+        output: model.metadata("output").map(String::from),
+        has_head: model.metadata("head").is_some(),
+        params: model.metadata("params").and_then(|v| v.parse().ok()),
+        flops: model.metadata("flops").and_then(|v| v.parse().ok()),
+        source_checkpoint: model.metadata("source_checkpoint").map(String::from),
     })
 }
 

@@ -309,7 +309,11 @@ fn labelled_candidates(root: &Path, layout: Layout) -> Result<(Vec<ClassInfo>, V
     let val = root.join(Split::Val.dir());
     let splits: &[Split] = if val.is_dir() { &[Split::Train, Split::Val] } else { &[Split::Train] };
     if val.is_dir() {
-        if let Some(extra) = subfolders(&val)?.into_iter().find(|d| !classes.iter().any(|c| &c.dir == d)) {
+        let val_classes = subfolders(&val)?;
+        if val_classes.is_empty() {
+            bail!("{} holds no class folders: the validation split is empty (add val/<class>/ folders with the classes of train/, or remove val/)", val.display());
+        }
+        if let Some(extra) = val_classes.into_iter().find(|d| !classes.iter().any(|c| &c.dir == d)) {
             bail!("{} is not a class of train/ (val/ must hold the same classes as train/)", val.join(extra).display());
         }
     }

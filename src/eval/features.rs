@@ -21,7 +21,7 @@ pub fn extract(runtime: &mut dyn Runtime, images: &EvalBatches, image_size: usiz
         let (pixels, decoded) = images.load(start..end);
         let (shape, values) = runtime.run(&pixels, [end - start, 3, image_size, image_size])?;
         if shape.len() != 2 || shape[0] != end - start {
-            bail!("the model returns {shape:?}; k-NN needs one feature vector per image ([N, D]), as `poac lower` writes");
+            bail!("the model returns {shape:?}; evaluation needs one feature vector per image ([N, D]), as `poac lower` writes");
         }
         dim = shape[1];
         for (row, ok) in values.chunks(dim).zip(&decoded) {

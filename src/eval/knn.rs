@@ -37,6 +37,8 @@ pub struct KnnOptions {
 pub struct KnnReport {
     /// Top-1 accuracy (fraction) per k.
     pub top1: BTreeMap<String, f64>,
+    /// Top-1 accuracy at k = 20, the protocol's headline figure.
+    pub top1_k20: f64,
     /// Top-5 accuracy (fraction) per k.
     pub top5: BTreeMap<String, f64>,
     /// `ort` or `tract`.
@@ -53,6 +55,12 @@ pub struct KnnReport {
     pub width: usize,
     /// Depth of the model's sub-network.
     pub depth: usize,
+    /// Backbone parameters, from the model's metadata.
+    pub params: Option<usize>,
+    /// FLOPs per image, from the model's metadata.
+    pub flops: Option<u64>,
+    /// The checkpoint the model was lowered from, from its metadata.
+    pub source_checkpoint: Option<String>,
 }
 
 /// Extracts features of both splits and classifies the validation images.
@@ -76,9 +84,11 @@ pub fn knn_eval(options: &KnnOptions) -> Result<KnnReport> {
     let skipped_images = train.len() + val.len() - train_labels.len() - val_labels.len();
     let (train_labels, val_labels) = (Tensor::from_slice(&train_labels), Tensor::from_slice(&val_labels));
     let (top1, top5) = knn_accuracy(&train_features, &train_labels, &val_features, &val_labels, index.classes.len() as i64, &KS, TEMPERATURE);
-    let keyed = |v: Vec<f64>| KS.iter().map(|k| k.to_string()).zip(v).collect();
+    let keyed = |v: Vec<f64>| KS.iter().map(|k| k.to_string()).zip(v).collect::<BTreeMap<_, _>>();
+    let top1 = keyed(top1);
     Ok(KnnReport {
-        top1: keyed(top1),
+        top1_k20: top1["20"],
+        top1,
         top5: keyed(top5),
         runtime: options.runtime.name().into(),
         train_images: train_labels.size()[0] as usize,
@@ -87,6 +97,9 @@ pub fn knn_eval(options: &KnnOptions) -> Result<KnnReport> {
         model: options.model.display().to_string(),
         width: info.width,
         depth: info.depth,
+        params: info.params,
+        flops: info.flops,
+        source_checkpoint: info.source_checkpoint,
     })
 }
 
