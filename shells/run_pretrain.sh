@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: set up, import Fashion-MNIST, pre-train the small elastic ViT with POA for a bounded time, lower
 # three sub-networks (smallest, middle, intact) to ONNX, evaluate each with k-NN on ONNX Runtime and on tract,
-# and print one table next to the same sub-networks with random (untrained) weights.
+# and print one table next to the same sub-networks with random (untrained) weights; `poac report` then writes
+# RUN/report/report.md with the loss curves and accuracy-against-cost plots.
 #
 # Every setting is an environment variable with a default that works on the embedded data:
 #   CONFIG=configs/fashion_mnist_vit.yaml  DATA=~/.cache/poac/datasets/fashion-mnist  RUN=runs/fashion_mnist
@@ -67,7 +68,7 @@ for subnet in "${SUBNETS[@]}"; do
     model="$RUN/models/${weights}_w${width}_d${depth}.onnx"
     bash shells/extract_elastic.sh "$run" "$width" "$depth" "$model"
     for runtime in ort tract; do
-      json=$(TRAIN_LIMIT="$TRAIN_LIMIT" VAL_LIMIT="$VAL_LIMIT" bash shells/eval/eval_knn.sh "$model" "$DATA" "$runtime" --json)
+      json=$(TRAIN_LIMIT="$TRAIN_LIMIT" VAL_LIMIT="$VAL_LIMIT" bash shells/eval/eval_knn.sh "$model" "$DATA" "$runtime" --json --record "$RUN/evals.jsonl")
       "$PY" -c 'import json, sys; r = json.loads(sys.argv[1]); r.update(weights=sys.argv[2], width=int(sys.argv[3]), depth=int(sys.argv[4])); print(json.dumps(r))' \
         "$json" "$weights" "$width" "$depth" >> "$RESULTS"
     done
@@ -97,3 +98,5 @@ print()
 print(f"pretraining: {len(metrics)} iterations, {rates[-1]:.1f} img/s (mean over the last invocation), "
       f"{metrics[-1]['elapsed_s'] / 60:.1f} min of training; main job wall time {(time.time() - float(sys.argv[4])) / 60:.1f} min")
 PYEOF
+# Markdown summary and plots of the run and every recorded evaluation (RUN/report/).
+"$POAC" report "$RUN" | sed -n 1p
