@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use poac_ir::VitArch;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -360,23 +361,7 @@ impl Config {
     }
 
     fn parse_with(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: serde_yaml::Value = serde_yaml::from_str(text).context("not valid YAML")?;
-        if value.is_null() {
-            value = serde_yaml::Value::Mapping(Default::default());
-        }
-        for item in overrides {
-            let (key, raw) = item.split_once('=').with_context(|| format!("override `{item}` is not key=value"))?;
-            let parsed: serde_yaml::Value = serde_yaml::from_str(raw).with_context(|| format!("override `{item}`: bad value"))?;
-            let mut node = &mut value;
-            for part in key.split('.') {
-                let map = node.as_mapping_mut().with_context(|| format!("override `{item}`: `{part}` is not inside a section"))?;
-                node = map.entry(serde_yaml::Value::from(part)).or_insert(serde_yaml::Value::Mapping(Default::default()));
-            }
-            *node = parsed;
-        }
-        let known = serde_yaml::to_value(Config::default()).expect("the default config serialises");
-        check_keys(&value, &known, "")?;
-        let config: Config = serde_yaml::from_value(value).context("a value has the wrong type")?;
+        let config: Config = parse_checked(text, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -413,10 +398,7 @@ impl Config {
 
     /// The libtorch kind matmuls run in.
     pub fn compute_kind(&self) -> tch::Kind {
-        match self.train.compute_precision.as_str() {
-            "bf16" => tch::Kind::BFloat16,
-            _ => tch::Kind::Float,
-        }
+        compute_kind(&self.train.compute_precision)
     }
 
     fn validate(&self) -> Result<()> {
@@ -424,8 +406,8 @@ impl Config {
             bail!("student.arch `{}` is not supported; valid: vit", self.student.arch);
         }
         self.arch().validate()?;
-        if !["fp32", "bf16"].contains(&self.train.compute_precision.as_str()) {
-            bail!("train.compute_precision `{}`; valid: fp32, bf16", self.train.compute_precision);
+        if !PRECISIONS.contains(&self.train.compute_precision.as_str()) {
+            bail!("train.compute_precision `{}`; valid: {}", self.train.compute_precision, PRECISIONS.join(", "));
         }
         if !["sinkhorn_knopp", "centering"].contains(&self.train.centering.as_str()) {
             bail!("train.centering `{}`; valid: sinkhorn_knopp, centering", self.train.centering);
@@ -485,6 +467,41 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The values of a `compute_precision` key.
+pub const PRECISIONS: [&str; 2] = ["fp32", "bf16"];
+
+/// The libtorch kind matmuls run in for a `compute_precision` of [`PRECISIONS`]: `bf16` is bfloat16 (mixed
+/// precision), anything else f32.
+pub fn compute_kind(precision: &str) -> tch::Kind {
+    match precision {
+        "bf16" => tch::Kind::BFloat16,
+        _ => tch::Kind::Float,
+    }
+}
+
+/// Parses YAML `text` into `T` after `key=value` overrides (dotted keys, YAML values, as dinov2's command-line
+/// `opts`): missing keys take `T`'s defaults, an unknown key is an error naming the nearest valid spelling. Every
+/// config file poac reads goes through it.
+pub fn parse_checked<T: Default + Serialize + DeserializeOwned>(text: &str, overrides: &[String]) -> Result<T> {
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).context("not valid YAML")?;
+    if value.is_null() {
+        value = serde_yaml::Value::Mapping(Default::default());
+    }
+    for item in overrides {
+        let (key, raw) = item.split_once('=').with_context(|| format!("override `{item}` is not key=value"))?;
+        let parsed: serde_yaml::Value = serde_yaml::from_str(raw).with_context(|| format!("override `{item}`: bad value"))?;
+        let mut node = &mut value;
+        for part in key.split('.') {
+            let map = node.as_mapping_mut().with_context(|| format!("override `{item}`: `{part}` is not inside a section"))?;
+            node = map.entry(serde_yaml::Value::from(part)).or_insert(serde_yaml::Value::Mapping(Default::default()));
+        }
+        *node = parsed;
+    }
+    let known = serde_yaml::to_value(T::default()).expect("a default config serialises");
+    check_keys(&value, &known, "")?;
+    serde_yaml::from_value(value).context("a value has the wrong type")
 }
 
 /// Fails on the first key of `value` that `known` does not have, suggesting the nearest known key.

@@ -14,6 +14,9 @@ pub enum EvalCommand {
     Knn(KnnArgs),
     /// Linear probe (dinov2's grid of 52 classifiers) on a model lowered with `--output last4`.
     Linear(LinearArgs),
+    /// Fine-tune one sub-network of a pre-trained run with a classifier head (DeiT's recipe), lower it with the
+    /// head to ONNX and check it on ONNX Runtime and tract.
+    Finetune(super::finetune::FinetuneArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +120,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             }
             Ok(())
         }
+        EvalCommand::Finetune(args) => super::finetune::run(args),
     }
 }
 

@@ -3,6 +3,7 @@
 mod bench;
 mod data;
 mod eval;
+mod finetune;
 mod import_torch;
 mod inspect;
 mod launch;

@@ -62,15 +62,20 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-fn device(name: &str) -> Result<tch::Device> {
-    Ok(match name {
+/// The device a `--device` flag names (`cpu`, `cuda`, `cuda:N`); CUDA must be available.
+pub(super) fn device(name: &str) -> Result<tch::Device> {
+    let device = match name {
         "cpu" => tch::Device::Cpu,
         "cuda" => tch::Device::Cuda(0),
         _ => match name.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
             Some(i) => tch::Device::Cuda(i),
             None => bail!("unknown device `{name}`; valid: cpu, cuda, cuda:N"),
         },
-    })
+    };
+    if device.is_cuda() && !tch::Cuda::is_available() {
+        bail!("--device {name} but this libtorch sees no CUDA device");
+    }
+    Ok(device)
 }
 
 pub fn run(args: PretrainArgs) -> Result<()> {
@@ -81,11 +86,6 @@ pub fn run(args: PretrainArgs) -> Result<()> {
     }
     let (Some(data), Some(output)) = (args.data, args.output) else { bail!("--data and --output are required to train") };
     let device = device(&args.device)?;
-    if let tch::Device::Cuda(_) = device {
-        if !tch::Cuda::is_available() {
-            bail!("--device {} but this libtorch sees no CUDA device", args.device);
-        }
-    }
     let options = PretrainOptions {
         config: args.config,
         data,

@@ -84,6 +84,19 @@ pub fn grayscale(img: &mut RgbImage) {
     }
 }
 
+/// Multiplies every value by `factor`, clamped to [0, 1] (torchvision's `adjust_brightness`).
+pub fn adjust_brightness(img: &mut RgbImage, factor: f32) {
+    img.data.iter_mut().for_each(|v| *v = (*v * factor).clamp(0.0, 1.0));
+}
+
+/// Scales every value's distance to the mean luma by `factor`, clamped to [0, 1] (torchvision's
+/// `adjust_contrast`).
+pub fn adjust_contrast(img: &mut RgbImage, factor: f32) {
+    let plane = img.width * img.height;
+    let mean = (0..plane).map(|i| luma(img.data[i], img.data[plane + i], img.data[2 * plane + i])).sum::<f32>() / plane as f32;
+    img.data.iter_mut().for_each(|v| *v = (mean + (*v - mean) * factor).clamp(0.0, 1.0));
+}
+
 /// torchvision-style colour jitter: brightness, contrast, saturation (factors in [1−s, 1+s]) and hue (shift in
 /// [−h, h] turns), applied in a random order.
 pub fn color_jitter(img: &mut RgbImage, brightness: f32, contrast: f32, saturation: f32, hue: f32, rng: &mut impl Rng) {
@@ -94,15 +107,8 @@ pub fn color_jitter(img: &mut RgbImage, brightness: f32, contrast: f32, saturati
     }
     for step in order {
         match step {
-            0 => {
-                let f = rng.random_range(1.0 - brightness..=1.0 + brightness);
-                img.data.iter_mut().for_each(|v| *v = (*v * f).clamp(0.0, 1.0));
-            }
-            1 => {
-                let f = rng.random_range(1.0 - contrast..=1.0 + contrast);
-                let mean = (0..plane).map(|i| luma(img.data[i], img.data[plane + i], img.data[2 * plane + i])).sum::<f32>() / plane as f32;
-                img.data.iter_mut().for_each(|v| *v = (mean + (*v - mean) * f).clamp(0.0, 1.0));
-            }
+            0 => adjust_brightness(img, rng.random_range(1.0 - brightness..=1.0 + brightness)),
+            1 => adjust_contrast(img, rng.random_range(1.0 - contrast..=1.0 + contrast)),
             2 => {
                 let f = rng.random_range(1.0 - saturation..=1.0 + saturation);
                 for i in 0..plane {

@@ -294,13 +294,9 @@ impl Source {
 /// counted and warned about.
 fn decode_or_next(root: &Path, entries: &[Entry], index: usize, skipped: &mut usize) -> Result<RgbImage> {
     for offset in 0..entries.len() {
-        let entry = &entries[(index + offset) % entries.len()];
-        match decode(&root.join(&entry.path)) {
-            Ok(image) => return Ok(image),
-            Err(e) => {
-                *skipped += 1;
-                eprintln!("warning: skipping {}: {e:#}", entry.path);
-            }
+        match decode_or_warn(root, &entries[(index + offset) % entries.len()]) {
+            Some(image) => return Ok(image),
+            None => *skipped += 1,
         }
     }
     bail!("no image of {} decodes any more (they did when it was indexed; run `poac data index` again)", root.display())
@@ -340,21 +336,34 @@ impl EvalBatches {
     /// zeros, to be dropped by the caller).
     pub fn load(&self, range: std::ops::Range<usize>) -> (Vec<f32>, Vec<bool>) {
         let per = 3 * self.size * self.size;
-        let images = par_map(&self.entries[range], |entry| match decode(&self.root.join(&entry.path)) {
-            Ok(image) => {
+        let images = par_map(&self.entries[range], |entry| {
+            decode_or_warn(&self.root, entry).map(|image| {
                 let mut img = center_square(&image, self.size);
                 normalize(&mut img, self.mean, self.std);
-                Some(img.data)
-            }
-            Err(e) => {
-                eprintln!("warning: skipping {}: {e:#}", entry.path);
-                None
-            }
+                img.data
+            })
         });
         let decoded = images.iter().map(Option::is_some).collect();
         let pixels = images.into_iter().flat_map(|img| img.unwrap_or_else(|| vec![0.0; per])).collect();
         (pixels, decoded)
     }
+
+    /// Every image that decodes, as one `[n, 3, size, size]` tensor, and their class ids `[n]`; the others are
+    /// left out (with a warning each).
+    pub fn load_all(&self) -> (Tensor, Tensor) {
+        let (pixels, decoded) = self.load(0..self.len());
+        let keep: Vec<i64> = decoded.iter().enumerate().filter(|(_, ok)| **ok).map(|(i, _)| i as i64).collect();
+        let keep = Tensor::from_slice(&keep);
+        let side = self.size as i64;
+        let images = Tensor::from_slice(&pixels).view([self.len() as i64, 3, side, side]).index_select(0, &keep);
+        let labels = Tensor::from_slice(&self.labels()).index_select(0, &keep);
+        (images, labels)
+    }
+}
+
+/// Decodes `entry` of the dataset at `root`, or warns naming it and returns `None`.
+pub fn decode_or_warn(root: &Path, entry: &Entry) -> Option<RgbImage> {
+    decode(&root.join(&entry.path)).map_err(|e| eprintln!("warning: skipping {}: {e:#}", entry.path)).ok()
 }
 
 #[cfg(test)]

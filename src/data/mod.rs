@@ -1,5 +1,5 @@
 //! Data: importing Fashion-MNIST, indexing ImageNet-layout datasets, decoding, multi-crop augmentation,
-//! iBOT masks and the batch loader.
+//! RandAugment for fine-tuning, iBOT masks and the batch loader.
 
 pub mod augment;
 pub mod fashion_mnist;
@@ -7,6 +7,7 @@ pub mod image_io;
 pub mod index;
 pub mod loader;
 pub mod mask;
+pub mod rand_augment;
 
 pub use index::{DatasetIndex, Split};
 

@@ -3,6 +3,7 @@
 pub mod classifier_grid;
 pub mod feature_cache;
 pub mod features;
+pub mod finetune;
 pub mod knn;
 pub mod linear;
 pub mod record;

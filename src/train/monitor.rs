@@ -44,15 +44,10 @@ impl KnnMonitor {
         }
         let size = config.crops.global_crops_size;
         let subset = |split: Split, limit: usize| -> Result<Subset> {
-            let batches = EvalBatches::new(index.root(), index.balanced(split, Some(limit)), size, MEAN, STD);
-            let (pixels, decoded) = batches.load(0..batches.len());
-            let keep: Vec<i64> = decoded.iter().enumerate().filter(|(_, ok)| **ok).map(|(i, _)| i as i64).collect();
-            if keep.is_empty() {
+            let (images, labels) = EvalBatches::new(index.root(), index.balanced(split, Some(limit)), size, MEAN, STD).load_all();
+            if images.size()[0] == 0 {
                 bail!("the k-NN monitor found no decodable {} image in {}", split.dir(), index.root().display());
             }
-            let keep = Tensor::from_slice(&keep);
-            let images = Tensor::from_slice(&pixels).view([batches.len() as i64, 3, size as i64, size as i64]).index_select(0, &keep);
-            let labels = Tensor::from_slice(&batches.labels()).index_select(0, &keep);
             Ok(Subset { images: images.to_device(device), labels: labels.to_device(device) })
         };
         let mut subnets = vec![space.smallest(), space.named("base")?, space.intact()];

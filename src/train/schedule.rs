@@ -26,16 +26,22 @@ pub struct ScheduleValues {
 /// `linspace`, both ends included), then a cosine from `base` to `end` over the other `total − warmup`
 /// iterations, and `end` from iteration `total` on.
 #[derive(Clone, Copy, Debug)]
-struct Cosine {
-    base: f64,
-    end: f64,
-    warmup_start: f64,
-    warmup: u64,
-    total: u64,
+pub struct Cosine {
+    /// Value at the end of the warm-up.
+    pub base: f64,
+    /// Value from iteration `total` on.
+    pub end: f64,
+    /// Value at iteration 0 of the warm-up.
+    pub warmup_start: f64,
+    /// Iterations of linear warm-up.
+    pub warmup: u64,
+    /// Iterations until `end`.
+    pub total: u64,
 }
 
 impl Cosine {
-    fn at(&self, it: u64) -> f64 {
+    /// The value at iteration `it` (0-based).
+    pub fn at(&self, it: u64) -> f64 {
         if it >= self.total {
             return self.end;
         }
