@@ -131,7 +131,9 @@ fn finetune_exports_logits_that_ort_and_tract_reproduce() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
     ok(&["pretrain", "--config", &s(&tiny_config()), "--data", &s(&data), "--output", &s(&run), "--max-iters", "2"]);
     let args = ["eval", "finetune", &s(&run), "--width", "16", "--depth", "2", "--data", &s(&data), "--epochs", "1", "--output", &s(&out)];
-    let json = ok(&[&args[..], &["--set", "batch_size=8", "--json", "--record", &s(&record)][..]].concat());
+    // Every augmentation on (the defaults leave RandAugment and the crop off), every batch mixed.
+    let recipe = ["--set", "batch_size=8", "--set", "rand_augment_ops=2", "--set", "scale=[0.5, 1.0]", "--set", "mixup_prob=1"];
+    let json = ok(&[&args[..], &recipe, &["--json", "--record", &s(&record)][..]].concat());
     let report: Value = serde_json::from_str(&json).unwrap();
     assert_eq!((report["width"].as_u64(), report["depth"].as_u64(), report["classes"].as_u64()), (Some(16), Some(2), Some(3)));
     assert_eq!((report["train_images"].as_u64(), report["val_images"].as_u64(), report["epochs"].as_u64()), (Some(48), Some(18), Some(1)));

@@ -4,7 +4,7 @@
 # checked on ONNX Runtime and tract.
 # Usage: shells/eval/eval_finetuning.sh RUN [SIZE | WIDTH DEPTH] [DATA] [more `poac eval finetune` flags]
 #   SIZE is small, base or large (default: the intact network); WIDTH a fraction (0.5) or embed dim (128).
-#   DATA defaults to the imported Fashion-MNIST. Environment: EPOCHS (default 5), TRAIN_LIMIT / VAL_LIMIT
+#   DATA defaults to the imported Fashion-MNIST. Environment: EPOCHS (default: the config's), TRAIN_LIMIT / VAL_LIMIT
 #   (class-balanced subsets, default 10000 / 2000), OUTPUT (default RUN/finetune/wW-dD).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -18,6 +18,7 @@ case "${1:-}" in
 esac
 data="${POAC_CACHE:-$HOME/.cache/poac}/datasets/fashion-mnist"
 if [ $# -ge 1 ] && [ "${1#-}" = "$1" ]; then data="$1"; shift; fi
-flags=(--epochs "${EPOCHS:-5}" --train-limit "${TRAIN_LIMIT:-10000}" --val-limit "${VAL_LIMIT:-2000}")
+flags=(--train-limit "${TRAIN_LIMIT:-10000}" --val-limit "${VAL_LIMIT:-2000}")
+[ -n "${EPOCHS:-}" ] && flags+=(--epochs "$EPOCHS")
 [ -n "${OUTPUT:-}" ] && flags+=(--output "$OUTPUT")
 exec "$REPO/target/release/poac" eval finetune "$run" "${subnet[@]}" --data "$data" "${flags[@]}" "$@"

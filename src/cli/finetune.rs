@@ -27,7 +27,7 @@ pub struct FinetuneArgs {
     /// Dataset root with labelled train/ and val/ splits (ImageNet or ImageFolder layout).
     #[arg(long)]
     data: PathBuf,
-    /// Epochs (overrides the config's `epochs`, default 5).
+    /// Epochs (overrides the config's `epochs`, default 10).
     #[arg(long)]
     epochs: Option<usize>,
     /// Train on a class-balanced subset of this many training images (default: all).

@@ -1,6 +1,10 @@
 //! Fine-tuning settings (`poac eval finetune --config FILE --set key=value`): DeiT's recipe (AdamW, layer-wise lr
 //! decay, warm-up + cosine, label smoothing, drop-path, Mixup/CutMix, RandAugment, model EMA) with key names as
-//! timm's and DeiT's flags, and a few sizes scaled to small images and short runs. Every key has a default.
+//! timm's and DeiT's flags. Every key has a default; the defaults are for runs of a few epochs on small images,
+//! where DeiT's regularisation (made for 300 epochs) costs accuracy. Measured on Fashion-MNIST (w64-d4 of the
+//! main job's run, 10,000 / 2,000 images, 10 epochs): 81.6 % top-1 with these defaults; 73.3 % with RandAugment
+//! (2 ops, magnitude 5) on; 73.9 % with a random-resized crop of scale 0.8–1 and RandAugment (1 op, magnitude 3);
+//! 68.4 % with that crop, RandAugment (2 ops, magnitude 5) and every batch mixed (`mixup_prob` 1).
 
 use crate::config::{parse_checked, PRECISIONS};
 use anyhow::{bail, Context, Result};
@@ -37,19 +41,18 @@ pub struct FinetuneConfig {
     pub mixup: f64,
     /// CutMix's Beta(α, α) parameter; 0 turns CutMix off.
     pub cutmix: f64,
-    /// Probability that a batch is mixed at all.
+    /// Probability that a batch is mixed at all (DeiT: 1).
     pub mixup_prob: f64,
     /// Probability that a mixed batch uses CutMix rather than Mixup (when both are on).
     pub mixup_switch_prob: f64,
-    /// Area range of the random-resized crop, as fractions of the image (DeiT: 0.08–1 at 224 px; small images
-    /// have fewer pixels to spare).
+    /// Area range of the random-resized crop, as fractions of the image (DeiT: 0.08–1). The default 1–1 takes the
+    /// whole image: Fashion-MNIST's garments fill their 28 px frame, and a crop cuts off what tells them apart.
     pub scale: [f64; 2],
     /// Probability of a horizontal flip.
     pub hflip: f64,
-    /// RandAugment operations per image (0 turns it off).
+    /// RandAugment operations per image; 0 (the default) turns it off (DeiT: 2).
     pub rand_augment_ops: usize,
-    /// RandAugment magnitude, 0 to 10. DeiT's 9 is for 300 epochs; 5 keeps it light (on Fashion-MNIST, w64-d4,
-    /// 3 epochs: 47.0 % top-1 at 9, 49.9 % at 5).
+    /// RandAugment magnitude, 0 to 10 (DeiT's `rand-m9`).
     pub rand_augment_magnitude: f64,
     /// Decay of the model EMA, warmed up as `min(decay, (1 + t) / (10 + t))` at step `t` so that a short run's
     /// average does not stay at the pre-trained weights.
@@ -64,7 +67,7 @@ pub struct FinetuneConfig {
 impl Default for FinetuneConfig {
     fn default() -> Self {
         FinetuneConfig {
-            epochs: 5,
+            epochs: 10,
             batch_size: 64,
             blr: 4e-3,
             min_lr: 1e-6,
@@ -75,12 +78,12 @@ impl Default for FinetuneConfig {
             smoothing: 0.1,
             mixup: 0.8,
             cutmix: 1.0,
-            mixup_prob: 1.0,
+            mixup_prob: 0.2,
             mixup_switch_prob: 0.5,
-            scale: [0.35, 1.0],
+            scale: [1.0, 1.0],
             hflip: 0.5,
-            rand_augment_ops: 2,
-            rand_augment_magnitude: 5.0,
+            rand_augment_ops: 0,
+            rand_augment_magnitude: 9.0,
             model_ema_decay: 0.999,
             compute_precision: "bf16".into(),
             seed: 0,
