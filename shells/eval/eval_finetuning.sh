@@ -5,7 +5,8 @@
 # Usage: shells/eval/eval_finetuning.sh RUN [SIZE | WIDTH DEPTH] [DATA] [more `poac eval finetune` flags]
 #   SIZE is small, base or large (default: the intact network); WIDTH a fraction (0.5) or embed dim (128).
 #   DATA defaults to the imported Fashion-MNIST. Environment: EPOCHS (default: the config's), TRAIN_LIMIT / VAL_LIMIT
-#   (class-balanced subsets, default 10000 / 2000), OUTPUT (default RUN/finetune/wW-dD).
+#   (class-balanced subsets, default 10000 / 2000), OUTPUT (default RUN/finetune/wW-dD), RECORD (the file the
+#   JSON result is appended to, default RUN/evals.jsonl, which `poac report RUN` reads; empty: none).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 [ $# -ge 1 ] || { echo "usage: $0 RUN [SIZE | WIDTH DEPTH] [DATA] [poac eval finetune flags]" >&2; exit 2; }
@@ -21,4 +22,6 @@ if [ $# -ge 1 ] && [ "${1#-}" = "$1" ]; then data="$1"; shift; fi
 flags=(--train-limit "${TRAIN_LIMIT:-10000}" --val-limit "${VAL_LIMIT:-2000}")
 [ -n "${EPOCHS:-}" ] && flags+=(--epochs "$EPOCHS")
 [ -n "${OUTPUT:-}" ] && flags+=(--output "$OUTPUT")
+record="${RECORD-$run/evals.jsonl}"
+[ -n "$record" ] && flags+=(--record "$record")
 exec "$REPO/target/release/poac" eval finetune "$run" "${subnet[@]}" --data "$data" "${flags[@]}" "$@"

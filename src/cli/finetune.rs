@@ -87,7 +87,7 @@ fn print_summary(r: &FinetuneReport) {
         "Fine-tuned w{}-d{} of {} for {} epochs on {} train / {} val images ({} classes, {:.0} s of training):",
         r.width, r.depth, r.source_run, r.epochs, r.train_images, r.val_images, r.classes, r.train_seconds
     );
-    println!("best val top-1: {:.2}% (model), {:.2}% (EMA)", 100.0 * r.top1, 100.0 * r.top1_ema);
+    println!("best val top-1: {:.2}% (model), {:.2}% (EMA)", 100.0 * r.top1_model, 100.0 * r.top1_ema);
     let whose = match r.exported {
         Candidate::Model => "model's",
         Candidate::Ema => "EMA's",
@@ -96,7 +96,7 @@ fn print_summary(r: &FinetuneReport) {
     println!(
         "through ONNX Runtime: top-1 {:.2}% (libtorch {:.2}%, {} predictions differ); max logit error ort {:.1e}, tract {:.1e} ({} images)",
         100.0 * c.top1_ort,
-        100.0 * r.top1_tch,
+        100.0 * r.top1,
         c.ort_tch_disagreements,
         c.max_logit_error_ort,
         c.max_logit_error_tract,

@@ -59,8 +59,10 @@ pub struct FinetuneOptions {
 /// The result of a fine-tune.
 #[derive(Clone, Debug, Serialize)]
 pub struct FinetuneReport {
-    /// The pre-trained run.
+    /// The pre-trained run, as given.
     pub source_run: String,
+    /// Its checkpoint folder, resolved (as lowered models record it).
+    pub source_checkpoint: String,
     /// Width of the sub-network.
     pub width: usize,
     /// Its depth.
@@ -77,16 +79,19 @@ pub struct FinetuneReport {
     pub train_images: usize,
     /// Validation images used (those that decode).
     pub val_images: usize,
-    /// Best validation top-1 of the model over the epochs (fraction).
+    /// Validation top-1 (fraction) of the exported weights in libtorch (f32): the best of the model and its EMA
+    /// over the epochs.
     pub top1: f64,
+    /// Best validation top-1 of the model over the epochs.
+    pub top1_model: f64,
     /// Best validation top-1 of the model EMA.
     pub top1_ema: f64,
     /// Whose weights were exported: the model's or the EMA's, whichever scored best.
     pub exported: Candidate,
     /// After which epoch.
     pub exported_epoch: usize,
-    /// Validation top-1 of the exported weights in libtorch (f32).
-    pub top1_tch: f64,
+    /// The runtime `top1_ort` is measured on: `ort`.
+    pub runtime: &'static str,
     /// The exported model on ONNX Runtime and tract.
     #[serde(flatten)]
     pub runtimes: RuntimeCheck,
@@ -147,6 +152,7 @@ pub fn finetune(options: &FinetuneOptions) -> Result<FinetuneReport> {
     let runtimes = export::check_runtimes(&onnx, root, &val_entries, &tch_logits, &val.labels)?;
     Ok(FinetuneReport {
         source_run: options.run.display().to_string(),
+        source_checkpoint: std::fs::canonicalize(&source.dir).unwrap_or_else(|_| source.dir.clone()).display().to_string(),
         width: subnet.width,
         depth: subnet.depth,
         params: lowered.params,
@@ -155,11 +161,12 @@ pub fn finetune(options: &FinetuneOptions) -> Result<FinetuneReport> {
         epochs: config.epochs,
         train_images: train_images.len(),
         val_images: val.labels.size()[0] as usize,
-        top1: trained.top1,
+        top1: top1(&tch_logits, &val.labels),
+        top1_model: trained.top1_model,
         top1_ema: trained.top1_ema,
         exported: trained.best_of,
         exported_epoch: trained.best_epoch,
-        top1_tch: top1(&tch_logits, &val.labels),
+        runtime: "ort",
         runtimes,
         onnx: onnx.display().to_string(),
         output: output.display().to_string(),

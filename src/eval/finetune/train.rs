@@ -65,7 +65,7 @@ pub struct Trained {
     /// After which epoch (1-based).
     pub best_epoch: usize,
     /// Best validation top-1 of the model over the epochs.
-    pub top1: f64,
+    pub top1_model: f64,
     /// Best validation top-1 of the EMA.
     pub top1_ema: f64,
     /// Every epoch.
@@ -161,5 +161,5 @@ pub fn train(config: &FinetuneConfig, mut model: Classifier, train: &TrainImages
         writeln!(metrics, "{}", serde_json::to_string(&record)?)?;
         history.push(record);
     }
-    Ok(Trained { best, best_of, best_epoch, top1: top1_model, top1_ema, history, steps: total })
+    Ok(Trained { best, best_of, best_epoch, top1_model, top1_ema, history, steps: total })
 }
