@@ -1,7 +1,7 @@
 //! Fine-tuning settings (`poac eval finetune --config FILE --set key=value`): DeiT's recipe (AdamW, layer-wise lr
 //! decay, warm-up + cosine, label smoothing, drop-path, Mixup/CutMix, RandAugment, model EMA) with key names as
 //! timm's and DeiT's flags. Every key has a default; the defaults are for runs of a few epochs on small images,
-//! where DeiT's regularisation (made for 300 epochs) costs accuracy. Measured on Fashion-MNIST (w64-d4 of the
+//! where DeiT's regularisation (made for 300 epochs) costs accuracy. Measured on Fashion-MNIST (w64-d4 of a
 //! main job's run, 10,000 / 2,000 images, 10 epochs): 81.8 % top-1 with these defaults; 73.8 % with RandAugment
 //! (2 ops, magnitude 5) on; 74.0 % with a random-resized crop of scale 0.8–1 and RandAugment (1 op, magnitude 3);
 //! 68.5 % with that crop, RandAugment (2 ops, magnitude 5) and every batch mixed (`mixup_prob` 1).
