@@ -19,9 +19,10 @@ pub enum EvalCommand {
     Finetune(super::finetune::FinetuneArgs),
 }
 
+/// What every evaluation of a lowered model reads, and how it reports.
 #[derive(Args)]
-pub struct KnnArgs {
-    /// ONNX model written by `poac lower`.
+pub struct EvalInput {
+    /// ONNX model written by `poac lower` (for `linear`: with `--output last4`).
     #[arg(long)]
     model: PathBuf,
     /// Dataset root in ImageNet layout.
@@ -36,7 +37,7 @@ pub struct KnnArgs {
     /// Use a class-balanced subset of this many validation images (default: all).
     #[arg(long)]
     val_limit: Option<usize>,
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object instead of a table (for `linear`: with all 52 classifiers).
     #[arg(long)]
     json: bool,
     /// Also append the JSON result as one line to this file (created with its folder), for `poac report`.
@@ -44,81 +45,69 @@ pub struct KnnArgs {
     record: Option<PathBuf>,
 }
 
+impl EvalInput {
+    /// Records `report` if asked, then prints it as JSON or with `table`.
+    fn report<R: serde::Serialize>(&self, eval: &str, report: &R, table: impl FnOnce(&R)) -> Result<()> {
+        if let Some(path) = &self.record {
+            append_record(path, eval, report)?;
+        }
+        if self.json {
+            println!("{}", serde_json::to_string(report)?);
+        } else {
+            table(report);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+pub struct KnnArgs {
+    #[command(flatten)]
+    input: EvalInput,
+}
+
 #[derive(Args)]
 pub struct LinearArgs {
-    /// ONNX model written by `poac lower ... --output last4`.
-    #[arg(long)]
-    model: PathBuf,
-    /// Dataset root in ImageNet layout.
-    #[arg(long)]
-    data: PathBuf,
-    /// Runtime for feature extraction.
-    #[arg(long, value_enum, default_value = "ort")]
-    runtime: RuntimeKind,
-    /// Use a class-balanced subset of this many training images (default: all).
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Use a class-balanced subset of this many validation images (default: all).
-    #[arg(long)]
-    val_limit: Option<usize>,
+    #[command(flatten)]
+    input: EvalInput,
     /// Passes over the training features (default: as many as make dinov2's 12,500 iterations).
     #[arg(long)]
     epochs: Option<usize>,
     /// Mini-batch size; the learning rates are scaled by it / 256.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
-    /// Print one JSON object (all 52 classifiers) instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Also append the JSON result as one line to this file (created with its folder), for `poac report`.
-    #[arg(long)]
-    record: Option<PathBuf>,
 }
 
 pub fn run(command: EvalCommand) -> Result<()> {
     match command {
-        EvalCommand::Knn(args) => {
+        EvalCommand::Knn(KnnArgs { input }) => {
             let report = knn_eval(&KnnOptions {
-                model: args.model,
-                data: args.data,
-                runtime: args.runtime,
-                train_limit: args.train_limit,
-                val_limit: args.val_limit,
+                model: input.model.clone(),
+                data: input.data.clone(),
+                runtime: input.runtime,
+                train_limit: input.train_limit,
+                val_limit: input.val_limit,
             })?;
-            if let Some(path) = &args.record {
-                append_record(path, "knn", &report)?;
-            }
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("k-NN of {} on {} ({} train / {} val images):", report.model, report.runtime, report.train_images, report.val_images);
+            input.report("knn", &report, |report| {
+                println!("k-NN of {} on {} ({} train / {} val images):", report.evaluated.model, report.runtime, report.train_images, report.val_images);
                 println!("{:>6} {:>8} {:>8}", "k", "top-1", "top-5");
                 for k in KS {
                     let k = k.to_string();
                     println!("{:>6} {:>7.2}% {:>7.2}%", k, 100.0 * report.top1[&k], 100.0 * report.top5[&k]);
                 }
-            }
-            Ok(())
+            })
         }
-        EvalCommand::Linear(args) => {
+        EvalCommand::Linear(LinearArgs { input, epochs, batch_size }) => {
             let report = linear_eval(&LinearOptions {
-                model: args.model,
-                data: args.data,
-                runtime: args.runtime,
-                train_limit: args.train_limit,
-                val_limit: args.val_limit,
-                epochs: args.epochs,
-                batch_size: args.batch_size,
+                model: input.model.clone(),
+                data: input.data.clone(),
+                runtime: input.runtime,
+                train_limit: input.train_limit,
+                val_limit: input.val_limit,
+                epochs,
+                batch_size,
             })?;
-            if let Some(path) = &args.record {
-                append_record(path, "linear", &report)?;
-            }
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print_linear(&report);
-            }
-            Ok(())
+            input.report("linear", &report, print_linear)
         }
         EvalCommand::Finetune(args) => super::finetune::run(args),
     }
@@ -130,7 +119,7 @@ fn print_linear(report: &LinearReport) {
     let best = &report.best;
     println!(
         "Linear probe of {} on {} ({} train / {} val images, {} classifiers, {} epochs = {} iterations of batch {}):",
-        report.model,
+        report.evaluated.model,
         report.runtime,
         report.train_images,
         report.val_images,

@@ -2,6 +2,7 @@
 //! training images vote for their class with weight `exp(similarity / T)`.
 
 use super::features::extract;
+use super::record::EvaluatedModel;
 use crate::data::loader::EvalBatches;
 use crate::data::{DatasetIndex, Split};
 use crate::lower::model_info;
@@ -49,18 +50,9 @@ pub struct KnnReport {
     pub val_images: usize,
     /// Images that did not decode (left out).
     pub skipped_images: usize,
-    /// The model file.
-    pub model: String,
-    /// Width of the model's sub-network.
-    pub width: usize,
-    /// Depth of the model's sub-network.
-    pub depth: usize,
-    /// Backbone parameters, from the model's metadata.
-    pub params: Option<usize>,
-    /// FLOPs per image, from the model's metadata.
-    pub flops: Option<u64>,
-    /// The checkpoint the model was lowered from, from its metadata.
-    pub source_checkpoint: Option<String>,
+    /// The model evaluated.
+    #[serde(flatten)]
+    pub evaluated: EvaluatedModel,
 }
 
 /// Extracts features of both splits and classifies the validation images.
@@ -94,12 +86,7 @@ pub fn knn_eval(options: &KnnOptions) -> Result<KnnReport> {
         train_images: train_labels.size()[0] as usize,
         val_images: val_labels.size()[0] as usize,
         skipped_images,
-        model: options.model.display().to_string(),
-        width: info.width,
-        depth: info.depth,
-        params: info.params,
-        flops: info.flops,
-        source_checkpoint: info.source_checkpoint,
+        evaluated: EvaluatedModel::new(&options.model, &info),
     })
 }
 

@@ -8,6 +8,7 @@ use crate::data::index::ClassInfo;
 use crate::data::{DatasetIndex, Split};
 use crate::lower::{model_info, ModelInfo};
 use crate::runtime::RuntimeKind;
+use super::record::EvaluatedModel;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -75,18 +76,9 @@ pub struct LinearReport {
     pub iterations: usize,
     /// Mini-batch size.
     pub batch_size: usize,
-    /// The model file.
-    pub model: String,
-    /// Width of the model's sub-network.
-    pub width: usize,
-    /// Depth of the model's sub-network.
-    pub depth: usize,
-    /// Backbone parameters, from the model's metadata.
-    pub params: Option<usize>,
-    /// FLOPs per image, from the model's metadata.
-    pub flops: Option<u64>,
-    /// The checkpoint the model was lowered from, from its metadata.
-    pub source_checkpoint: Option<String>,
+    /// The model evaluated.
+    #[serde(flatten)]
+    pub evaluated: EvaluatedModel,
 }
 
 /// Extracts (or reads cached) features of both splits, trains the grid and scores it on the validation split.
@@ -134,12 +126,7 @@ pub fn linear_eval(options: &LinearOptions) -> Result<LinearReport> {
         epochs,
         iterations: epochs * batches_per_epoch,
         batch_size: options.batch_size,
-        model: options.model.display().to_string(),
-        width: info.width,
-        depth: info.depth,
-        params: info.params,
-        flops: info.flops,
-        source_checkpoint: info.source_checkpoint,
+        evaluated: EvaluatedModel::new(&options.model, &info),
     })
 }
 
