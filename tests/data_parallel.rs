@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{stripes, temp, tiny_config};
+use common::{stripes_dataset, temp, tiny_config};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,20 +19,6 @@ use tch::Tensor;
 const ITERATIONS: &str = "10";
 /// Images per rank with two ranks (one rank takes twice as many).
 const BATCH: usize = 4;
-
-/// Three classes of 16 px stripes.
-fn make_dataset(root: &Path) {
-    for (split, count) in [("train", 16), ("val", 4)] {
-        for class in 0..3 {
-            let dir = root.join(split).join(format!("c{class}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..count {
-                stripes(class, i, 16).save(dir.join(format!("{i:03}.png"))).unwrap();
-            }
-        }
-    }
-    std::fs::write(root.join("labels.txt"), "c0,zero\nc1,one\nc2,two\n").unwrap();
-}
 
 /// A free loopback port for a rendezvous.
 fn free_port() -> u16 {
@@ -115,7 +101,7 @@ fn tensors(file: &Path) -> HashMap<String, Tensor> {
 fn two_ranks_of_batch_b_train_like_one_rank_of_batch_2b() {
     let dir = temp("data-parallel");
     let data = dir.join("data");
-    make_dataset(&data);
+    stripes_dataset(&data);
     let (single, split) = (dir.join("single"), dir.join("split"));
     let port = free_port();
     let ranks: Vec<Child> =
@@ -153,7 +139,7 @@ fn two_ranks_of_batch_b_train_like_one_rank_of_batch_2b() {
 fn a_rank_that_dies_stops_the_other_within_the_timeout() {
     let dir = temp("dead-rank");
     let data = dir.join("data");
-    make_dataset(&data);
+    stripes_dataset(&data);
     let run = dir.join("run");
     let port = free_port();
     let spawn = |r| {
@@ -188,7 +174,7 @@ fn rank_of(pid: u32) -> Option<String> {
 fn poac_launch_stops_every_worker_when_one_dies() {
     let dir = temp("launch");
     let data = dir.join("data");
-    make_dataset(&data);
+    stripes_dataset(&data);
     let run = dir.join("run");
     let port = free_port().to_string();
     let worker = pretrain(&data, &run, BATCH, LONG_RUN);

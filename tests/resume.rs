@@ -5,26 +5,12 @@
 
 mod common;
 
-use common::{stripes, temp, tiny_config};
+use common::{stripes_dataset, temp, tiny_config};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const ITERATIONS: &str = "30";
-
-/// Three classes of 16 px stripes.
-fn make_dataset(root: &Path) {
-    for (split, count) in [("train", 16), ("val", 4)] {
-        for class in 0..3 {
-            let dir = root.join(split).join(format!("c{class}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..count {
-                stripes(class, i, 16).save(dir.join(format!("{i:03}.png"))).unwrap();
-            }
-        }
-    }
-    std::fs::write(root.join("labels.txt"), "c0,zero\nc1,one\nc2,two\n").unwrap();
-}
 
 /// `poac pretrain` of the tiny config into `run`, one libtorch thread (the reduction order is then fixed).
 fn pretrain(data: &Path, run: &Path, resume: bool) -> Command {
@@ -66,7 +52,7 @@ fn checkpointed(run: &Path) -> Option<u64> {
 fn killed_and_resumed_run_repeats_the_uninterrupted_losses() {
     let dir = temp("resume");
     let data = dir.join("data");
-    make_dataset(&data);
+    stripes_dataset(&data);
     let (straight, killed) = (dir.join("straight"), dir.join("killed"));
     run_to_end(pretrain(&data, &straight, false));
 

@@ -55,3 +55,17 @@ pub fn stripes(class: usize, i: u32, side: u32) -> RgbImage {
         Rgb([v, v / 2 + (i as u8) * 3, 255 - v])
     })
 }
+
+/// A labelled dataset at `root`: three classes of 16 px stripes, 16 training and 4 validation images each.
+pub fn stripes_dataset(root: &Path) {
+    for (split, count) in [("train", 16), ("val", 4)] {
+        for class in 0..3 {
+            let dir = root.join(split).join(format!("c{class}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                stripes(class, i, 16).save(dir.join(format!("{i:03}.png"))).unwrap();
+            }
+        }
+    }
+    std::fs::write(root.join("labels.txt"), "c0,zero\nc1,one\nc2,two\n").unwrap();
+}
