@@ -1,6 +1,7 @@
 //! Data-parallel pre-training on c10d's Gloo backend over loopback: 2 ranks × batch B train exactly like
 //! 1 rank × batch 2B (same seed, same data order, same per-image crops and masks), and a rank that dies takes
-//! the run down within the collective timeout instead of hanging it.
+//! the run down within the collective timeout instead of hanging it; a rendezvous that cannot happen names the
+//! address it failed on.
 //!
 //! The tiny config runs with KoLeo and drop-path off: KoLeo's nearest neighbours are searched within each
 //! rank's share of the batch (as in dinov2), and drop-path draws from libtorch's global generator in batch
@@ -155,6 +156,32 @@ fn a_rank_that_dies_stops_the_other_within_the_timeout() {
     assert!(status.code().is_some(), "rank 0 should exit with an error, not a signal ({status}):\n{stderr}");
     assert!(stderr.contains("error: rank 0 of 2: ") && stderr.contains("across ranks failed"), "no clear error ({took:?}):\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_port_in_use_and_an_unreachable_master_are_errors_naming_the_address() {
+    let dir = temp("rendezvous");
+    let data = dir.join("data");
+    stripes_dataset(&data);
+    let attempt = |rank_index: usize, port: u16| {
+        let mut cmd = rank(pretrain(&data, &dir.join(format!("run{rank_index}")), BATCH, "2"), rank_index, port);
+        let child = cmd.args(["--dist-timeout", "3s"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let (status, stderr, _) = exit_within(child, Duration::from_secs(30));
+        assert!(!status.success() && !stderr.contains("panicked"), "{stderr}");
+        assert!(!stderr.contains("frame #"), "c10d's retry log with its C++ backtrace reached the user:\n{stderr}");
+        stderr
+    };
+    // Rank 0 serves the store: another program already holds the port.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let stderr = attempt(0, taken);
+    assert!(stderr.contains(&format!("rank 0 of 2: rendezvous failed serving the master at 127.0.0.1:{taken}")), "{stderr}");
+    drop(squatter);
+    // Rank 1 reaches for a master nobody serves: it gives up within the timeout.
+    let nobody = free_port();
+    let stderr = attempt(1, nobody);
+    assert!(stderr.contains(&format!("rank 1 of 2: rendezvous failed reaching the master at 127.0.0.1:{nobody}")), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

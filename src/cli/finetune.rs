@@ -1,29 +1,20 @@
 //! `poac eval finetune`.
 
 use super::pretrain::device;
+use super::subnet::SubnetArgs;
 use crate::eval::finetune::train::Candidate;
 use crate::eval::finetune::{finetune, FinetuneOptions, FinetuneReport};
 use crate::eval::record::append_record;
-use crate::lower::SubnetChoice;
 use anyhow::Result;
 use clap::Args;
-use poac_ir::WidthChoice;
 use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct FinetuneArgs {
     /// Run folder (or checkpoint folder) of the pre-trained network.
     run: PathBuf,
-    /// Width: a fraction of the largest written with a decimal point (0.5) or an embed dim (128). Default: the
-    /// largest.
-    #[arg(long)]
-    width: Option<WidthChoice>,
-    /// Depth (number of blocks). Default: the largest.
-    #[arg(long)]
-    depth: Option<usize>,
-    /// A named size instead of --width/--depth: small, base or large.
-    #[arg(long)]
-    size: Option<String>,
+    #[command(flatten)]
+    subnet: SubnetArgs,
     /// Dataset root with labelled train/ and val/ splits (ImageNet or ImageFolder layout).
     #[arg(long)]
     data: PathBuf,
@@ -60,7 +51,7 @@ pub struct FinetuneArgs {
 pub fn run(args: FinetuneArgs) -> Result<()> {
     let report = finetune(&FinetuneOptions {
         run: args.run,
-        subnet: SubnetChoice { size: args.size, width: args.width, depth: args.depth, ..Default::default() },
+        subnet: args.subnet.choice(),
         data: args.data,
         config: args.config,
         overrides: args.overrides,

@@ -1,9 +1,9 @@
 //! `poac lower`.
 
+use super::subnet::SubnetArgs;
 use crate::lower::{lower, LowerOptions, SubnetChoice};
 use anyhow::Result;
 use clap::Args;
-use poac_ir::WidthChoice;
 use poac_passes::onnx::Batch;
 use poac_passes::OutputKind;
 use std::path::PathBuf;
@@ -12,16 +12,8 @@ use std::path::PathBuf;
 pub struct LowerArgs {
     /// Run folder or checkpoint folder.
     checkpoint: PathBuf,
-    /// Width: a fraction of the largest written with a decimal point (0.5, 1.0) or an embed dim as an integer
-    /// (192). Default: the largest.
-    #[arg(long)]
-    width: Option<WidthChoice>,
-    /// Depth (number of blocks). Default: the largest.
-    #[arg(long)]
-    depth: Option<usize>,
-    /// A named size instead of --width/--depth: small, base or large.
-    #[arg(long)]
-    size: Option<String>,
+    #[command(flatten)]
+    subnet: SubnetArgs,
     /// Pick the largest sub-network (by FLOPs, ties to the deeper) with at most this many GFLOPs per image.
     #[arg(long)]
     max_gflops: Option<f64>,
@@ -73,7 +65,7 @@ fn parse_count(s: &str) -> std::result::Result<usize, String> {
 }
 
 pub fn run(args: LowerArgs) -> Result<()> {
-    let choice = SubnetChoice { size: args.size, width: args.width, depth: args.depth, max_gflops: args.max_gflops, max_params: args.max_params };
+    let choice = SubnetChoice { max_gflops: args.max_gflops, max_params: args.max_params, ..args.subnet.choice() };
     let budget = choice.max_gflops.is_some() || choice.max_params.is_some();
     let options = LowerOptions { batch: args.batch, output: args.features, with_head: args.with_head, bake_normalize: args.bake_normalize };
     let dump = args.dump_ir;

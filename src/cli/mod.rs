@@ -10,6 +10,7 @@ mod launch;
 mod lower;
 mod pretrain;
 mod report;
+mod subnet;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

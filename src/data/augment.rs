@@ -486,38 +486,4 @@ mod tests {
         let radius = |size| BlurSpec::for_global_size([0.1, 2.0], size).radius;
         assert_eq!([radius(224), radius(518), radius(140), radius(96), radius(32), radius(8)], [4, 4, 3, 2, 1, 1]);
     }
-
-    /// The cost of dinov2's extras on the training thread, for the Fashion-MNIST batch (64 images × 2 global
-    /// crops of 32 px and 6 local crops of 16 px), with every crop blurred and solarised (the worst case), next
-    /// to the whole crop recipe. `cargo test --release --lib augment_cost -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn augment_cost_per_batch() {
-        let sizes: Vec<usize> = [(2, 32), (6, 16)].into_iter().flat_map(|(n, size)| std::iter::repeat_n(size, 64 * n)).collect();
-        let source = noise(28, 28, 0);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let blur = BlurSpec::for_global_size([0.1, 2.0], 32);
-        let recipe = |size| CropRecipe { size, scale: [0.05, 0.32], blur_probability: 1.0, solarize_probability: 1.0, blur };
-        let time = |f: &mut dyn FnMut()| {
-            (0..20)
-                .map(|_| {
-                    let t0 = std::time::Instant::now();
-                    f();
-                    t0.elapsed().as_secs_f64() * 1e3
-                })
-                .fold(f64::INFINITY, f64::min)
-        };
-        let crops: Vec<RgbImage> = sizes.iter().map(|&size| noise(size, size, 1)).collect();
-        let extras = time(&mut || {
-            for crop in &crops {
-                blur_and_solarize(&mut crop.clone(), &recipe(crop.width), &mut rng);
-            }
-        });
-        let whole = time(&mut || {
-            for &size in &sizes {
-                augmented_crop(&source, &recipe(size), &mut rng);
-            }
-        });
-        println!("blur + solarise of every crop: {extras:.2} ms per batch; whole crop recipe: {whole:.2} ms per batch (best of 20)");
-    }
 }

@@ -9,7 +9,10 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <c10/util/Logging.h>
+
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -52,6 +55,15 @@ enum poac_reduce_op { POAC_REDUCE_SUM = 0, POAC_REDUCE_MAX = 1 };
 char* poac_dist_init(const char* master_addr, uint16_t master_port, int rank, int world_size, int64_t timeout_ms,
                      int nccl, int device_kind, const char* device_name, Group** out) {
   return guarded([&] {
+    // c10d logs every failed connection attempt of a rendezvous, with a C++ backtrace, before it throws; poac
+    // reports the exception itself (without the backtrace). So c10 logs only fatal messages unless
+    // TORCH_CPP_LOG_LEVEL (INFO, WARNING, ERROR) asks for more.
+    if (std::getenv("TORCH_CPP_LOG_LEVEL") == nullptr) {
+      FLAGS_caffe2_log_level = 3;  // c10's FATAL
+    } else {
+      c10::initLogging();
+    }
+    c10::SetGlobalRank(rank);
     const auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions options;
     options.port = master_port;

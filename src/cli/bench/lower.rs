@@ -8,7 +8,7 @@
 use crate::lower::{lower, prepare, write_atomically, LowerOptions, SubnetChoice};
 use crate::train::checkpoint;
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use poac_ir::{build::supergraph, write_safetensors, Graph, IrError, VitArch, WeightFile, WidthChoice};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
@@ -16,15 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Time and peak RSS of lowering ViT-S and ViT-L from a ViT-L-sized supergraph.
-    Lower(BenchLowerArgs),
-    /// One measured lowering (run by `bench lower` in a child process).
-    #[command(hide = true)]
-    LowerChild(ChildArgs),
-}
-
+/// `poac bench lower`'s flags.
 #[derive(Args)]
 pub struct BenchLowerArgs {
     /// Write the figures as JSON to this file (they are printed as a table either way).
@@ -36,6 +28,7 @@ pub struct BenchLowerArgs {
     cache: Option<PathBuf>,
 }
 
+/// The sub-network a child lowers.
 #[derive(Args)]
 pub struct ChildArgs {
     checkpoint: PathBuf,
@@ -77,19 +70,13 @@ struct Measurement {
     lowering_rss_over_weight_bytes: f64,
 }
 
-pub fn run(command: BenchCommand) -> Result<()> {
-    match command {
-        BenchCommand::Lower(args) => bench_lower(args),
-        BenchCommand::LowerChild(args) => child(args),
-    }
-}
-
 /// The ViT-L/16 elastic space of POA's reference configuration.
 fn vit_l() -> VitArch {
     VitArch { layerscale_init: 0.1, ..VitArch::default() }
 }
 
-fn bench_lower(args: BenchLowerArgs) -> Result<()> {
+/// Runs `poac bench lower`.
+pub fn bench_lower(args: BenchLowerArgs) -> Result<()> {
     let cache = match args.cache {
         Some(dir) => dir,
         None => std::env::var_os("POAC_CACHE")
@@ -233,7 +220,8 @@ fn measure(mut command: Command) -> Result<(ChildReport, u64)> {
     Ok((report, usage.ru_maxrss as u64 * 1024))
 }
 
-fn child(args: ChildArgs) -> Result<()> {
+/// One measured lowering, in the child process `bench_lower` starts.
+pub fn child(args: ChildArgs) -> Result<()> {
     let (rss_before_bytes, rss_file_before_bytes) = rss_bytes()?;
     let choice = SubnetChoice { width: Some(WidthChoice::Absolute(args.width)), depth: Some(args.depth), ..Default::default() };
     let (start, cpu_start) = (Instant::now(), cpu_seconds());
