@@ -1,7 +1,7 @@
 //! Data-parallel pre-training on c10d's Gloo backend over loopback: 2 ranks × batch B train exactly like
 //! 1 rank × batch 2B (same seed, same data order, same per-image crops and masks), and a rank that dies takes
 //! the run down within the collective timeout instead of hanging it; a rendezvous that cannot happen names the
-//! address it failed on.
+//! address it failed on, and a run resumes only with the number of processes it was trained with.
 //!
 //! The tiny config runs with KoLeo and drop-path off: KoLeo's nearest neighbours are searched within each
 //! rank's share of the batch (as in dinov2), and drop-path draws from libtorch's global generator in batch
@@ -182,6 +182,30 @@ fn a_port_in_use_and_an_unreachable_master_are_errors_naming_the_address() {
     let nobody = free_port();
     let stderr = attempt(1, nobody);
     assert!(stderr.contains(&format!("rank 1 of 2: rendezvous failed reaching the master at 127.0.0.1:{nobody}")), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_run_resumes_only_with_the_world_size_it_was_trained_with() {
+    let dir = temp("resume-world");
+    let data = dir.join("data");
+    stripes_dataset(&data);
+    let run = dir.join("run");
+    let single = pretrain(&data, &run, 2 * BATCH, "2").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    finish(single, "the single process");
+    let port = free_port();
+    let ranks: Vec<Child> = (0..2)
+        .map(|r| {
+            let mut cmd = rank(pretrain(&data, &run, BATCH, "4"), r, port);
+            cmd.args(["--resume", "--dist-timeout", DIST_TIMEOUT]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for child in ranks {
+        let (status, stderr, _) = exit_within(child, Duration::from_secs(40));
+        assert!(!status.success() && !stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains("was trained by 1 process(es): resume it with WORLD_SIZE=1") && stderr.contains("not 2"), "{stderr}");
+    }
+    assert_eq!(losses(&run).len(), 2, "the refused resume changed the run");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

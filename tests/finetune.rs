@@ -33,7 +33,7 @@ fn random_run(dir: &Path) -> ElasticVit {
     let fresh = ElasticVit::new(graph.clone(), Device::Cpu);
     let named = fresh.named_params().into_iter().map(|(name, t)| (name, Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.3)).collect();
     let model = ElasticVit::from_named(graph, named).unwrap();
-    let progress = Progress { iteration: 0, total_iters: 0, adam_step: 0, seed: 0, elapsed_s: 0.0 };
+    let progress = Progress::fresh(0, 1);
     checkpoint::save(dir, model.graph(), &model.named_params(), &[], &progress).unwrap();
     model
 }

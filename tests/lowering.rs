@@ -64,7 +64,7 @@ fn python(script: &str, args: &[&str]) -> String {
 fn random_run(dir: &Path, arch: &VitArch) -> ElasticVit {
     tch::manual_seed(3);
     let model = ElasticVit::new(supergraph(arch).unwrap(), Device::Cpu);
-    let progress = Progress { iteration: 0, total_iters: 0, adam_step: 0, seed: 3, elapsed_s: 0.0 };
+    let progress = Progress::fresh(3, 1);
     checkpoint::save(dir, model.graph(), &model.named_params(), &[], &progress).unwrap();
     model
 }

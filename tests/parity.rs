@@ -53,7 +53,7 @@ fn random_model(arch: &VitArch, seed: i64) -> ElasticVit {
 
 /// Writes `model` (plus `extra` tensors such as a classifier head) as the checkpoint of run `dir`.
 fn save(dir: &Path, model: &ElasticVit, extra: &[(String, &Tensor)]) {
-    let progress = Progress { iteration: 0, total_iters: 0, adam_step: 0, seed: 7, elapsed_s: 0.0 };
+    let progress = Progress::fresh(7, 1);
     let mut teacher = model.named_params();
     teacher.extend(extra.iter().map(|(k, t)| (k.clone(), *t)));
     checkpoint::save(dir, model.graph(), &teacher, &[], &progress).unwrap();

@@ -34,6 +34,21 @@ pub struct Progress {
     pub seed: u64,
     /// Training seconds so far.
     pub elapsed_s: f64,
+    /// Data-parallel processes the run trains with: the global batch, the lr scaling and every rank's share of
+    /// the data depend on it, so a run resumes only with the same number (checkpoints without it: 1).
+    #[serde(default = "one_process")]
+    pub world_size: usize,
+}
+
+fn one_process() -> usize {
+    1
+}
+
+impl Progress {
+    /// The progress of a run that has not trained yet.
+    pub fn fresh(seed: u64, world_size: usize) -> Self {
+        Progress { iteration: 0, total_iters: 0, adam_step: 0, seed, elapsed_s: 0.0, world_size }
+    }
 }
 
 /// Everything a checkpoint holds.

@@ -165,7 +165,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
         Poa::restore(config, run, device)?
     } else {
         let seed = config.train.seed;
-        (Poa::fresh(config, device)?, Progress { iteration: 0, total_iters: 0, adam_step: 0, seed, elapsed_s: 0.0 })
+        (Poa::fresh(config, device)?, Progress::fresh(seed, world.size()))
     };
     let starts = world.all_gather(&[progress.iteration as f64])?;
     if let Some((rank, start)) = starts.iter().enumerate().find(|(_, s)| s[0] != starts[0][0]) {
@@ -173,6 +173,10 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
     }
     poa.broadcast_from_root(&world)?;
     let config = poa.config.clone();
+    if progress.world_size != world.size() {
+        let (trained, now) = (progress.world_size, world.size());
+        bail!("{} was trained by {trained} process(es): resume it with WORLD_SIZE={trained} (poac launch: --nnodes × --nproc-per-node = {trained}), not {now}", run.display());
+    }
     if root && has_checkpoint {
         truncate_metrics(&run.join("metrics.jsonl"), progress.iteration)?;
     } else if root {

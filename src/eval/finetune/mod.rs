@@ -143,7 +143,7 @@ pub fn finetune(options: &FinetuneOptions) -> Result<FinetuneReport> {
     let trained = self::train::train(&config, model, &train_images, &val, classes, &mut metrics, options.device)?;
 
     let train_seconds: f64 = trained.history.iter().map(|e| e.seconds).sum();
-    let progress = Progress { iteration: trained.steps, total_iters: trained.steps, adam_step: trained.steps as i64, seed: config.seed, elapsed_s: train_seconds };
+    let progress = Progress { iteration: trained.steps, total_iters: trained.steps, adam_step: trained.steps as i64, seed: config.seed, elapsed_s: train_seconds, world_size: 1 };
     export::save(&output, &trained.best, &progress)?;
     let onnx = output.join(ONNX);
     let lowered = export::lower_with_head(&output, &onnx)?;
