@@ -59,10 +59,14 @@ pub fn bench_augment(args: BenchAugmentArgs) -> Result<()> {
         time_batches("blur and solarise on every crop", &worst, &images, args.repeats, &mut rng),
     ];
     let ratio = cases[1].median_ms / cases[0].median_ms;
-    let crops = spec.batch_size * (2 + spec.local_number);
+    let crops = spec.batch_size * (spec.global.len() + spec.local_number);
     println!(
         "{} images × ({} global crops of {} px + {} local of {} px) = {crops} crops per batch, from {side} px sources:",
-        spec.batch_size, 2, spec.global[0].size, spec.local_number, spec.local.size
+        spec.batch_size,
+        spec.global.len(),
+        spec.global[0].size,
+        spec.local_number,
+        spec.local.size
     );
     for case in &cases {
         println!("  {:<34} best {:8.2} ms   median {:8.2} ms per batch", case.case, case.best_ms, case.median_ms);
