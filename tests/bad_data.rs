@@ -85,8 +85,11 @@ fn cmyk_jpeg(blocks: &[[u8; 4]]) -> Vec<u8> {
 
 /// Files that decode after conversion to RGB, with the RGB (0–255) of their first and last pixel.
 fn convertible() -> Vec<(&'static str, Vec<u8>, [[f32; 3]; 2])> {
+    // Tests run in parallel threads of one process: every encoding gets a file of its own.
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let encoded = |save: &dyn Fn(&Path)| {
-        let path = std::env::temp_dir().join(format!("poac-encode-{}.png", std::process::id()));
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("poac-encode-{}-{n}.png", std::process::id()));
         save(&path);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();

@@ -76,9 +76,13 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     supervise(workers)
 }
 
-/// Waits for every worker; when one fails, stops the others and reports which failed.
+/// Waits for every worker; when one fails, stops the others and reports which failed. Workers found dead in the
+/// same poll are all named, those killed by a signal first: when one rank is killed, its peers fail at once
+/// on the broken connection, and the signal is the cause worth reading.
 fn supervise(mut workers: Vec<Worker>) -> Result<()> {
+    use std::os::unix::process::ExitStatusExt;
     while !workers.is_empty() {
+        let mut failed = Vec::new();
         let mut i = 0;
         while i < workers.len() {
             let Some(status) = workers[i].child.try_wait()? else {
@@ -87,9 +91,14 @@ fn supervise(mut workers: Vec<Worker>) -> Result<()> {
             };
             let worker = workers.swap_remove(i);
             if !status.success() {
-                stop_all(&mut workers);
-                bail!("worker rank {} {}; stopped the other workers", worker.rank, describe(status));
+                failed.push((worker.rank, status));
             }
+        }
+        if !failed.is_empty() {
+            stop_all(&mut workers);
+            failed.sort_by_key(|(rank, status)| (status.signal().is_none(), *rank));
+            let which: Vec<String> = failed.iter().map(|(rank, status)| format!("worker rank {rank} {}", describe(*status))).collect();
+            bail!("{}; stopped the other workers", which.join(", "));
         }
         std::thread::sleep(POLL);
     }

@@ -117,8 +117,11 @@ pub fn accuracy(series: &[Series], axis: CostAxis, path: &Path) -> Result<()> {
     }
     let (x_min, x_max) = (all().map(|p| p.0).fold(f64::INFINITY, f64::min), all().map(|p| p.0).fold(0.0, f64::max));
     let (y_low, y_high) = padded(all().map(|p| p.1).fold(f64::INFINITY, f64::min), all().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max));
+    let labels: Vec<&str> = lines.iter().map(|(label, _)| label.as_str()).collect();
     render(path, |root| {
-        let mut chart = ChartBuilder::on(&root)
+        let (plot, key) = root.split_vertically(SIZE.1 - legend_height(labels.len()));
+        legend_below(&key, &labels)?;
+        let mut chart = ChartBuilder::on(&plot)
             .caption(format!("top-1 against {}", axis.caption().split(" (").next().unwrap_or_default()), ("sans-serif", 26))
             .margin(18)
             .x_label_area_size(48)
@@ -131,12 +134,9 @@ pub fn accuracy(series: &[Series], axis: CostAxis, path: &Path) -> Result<()> {
             .x_label_formatter(&|x| tick(*x))
             .label_style(("sans-serif", 16))
             .draw()?;
-        for (i, (label, points)) in lines.iter().enumerate() {
+        for (i, (_, points)) in lines.iter().enumerate() {
             let c = colour(i);
-            chart
-                .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), c.stroke_width(2)))?
-                .label(label.as_str())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], c.stroke_width(2)));
+            chart.draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), c.stroke_width(2)))?;
             chart.draw_series(points.iter().map(|p| Circle::new((p.0, p.1), 5, c.filled())))?;
             if i == 0 {
                 let font = ("sans-serif", 15).into_font();
@@ -144,8 +144,33 @@ pub fn accuracy(series: &[Series], axis: CostAxis, path: &Path) -> Result<()> {
                 chart.draw_series(names)?;
             }
         }
-        legend(&mut chart, SeriesLabelPosition::LowerRight)
+        Ok(())
     })
+}
+
+/// Legend rows under an accuracy plot: two entries per row.
+const LEGEND_COLUMNS: usize = 2;
+/// Pixels per legend row.
+const LEGEND_ROW: u32 = 24;
+
+/// Height of the strip [`legend_below`] needs for `entries` series.
+fn legend_height(entries: usize) -> u32 {
+    entries.div_ceil(LEGEND_COLUMNS) as u32 * LEGEND_ROW + 16
+}
+
+/// The series labels in a strip of their own under the chart, so that they never hide a point (an accuracy plot
+/// has points in every corner).
+fn legend_below<'a>(area: &DrawingArea<BitMapBackend<'a>, Shift>, labels: &[&str]) -> PlotResult<'a> {
+    let column_width = (SIZE.0 as i32 - 160) / LEGEND_COLUMNS as i32;
+    for (i, label) in labels.iter().enumerate() {
+        let x = 80 + (i % LEGEND_COLUMNS) as i32 * column_width;
+        let y = 4 + (i / LEGEND_COLUMNS) as i32 * LEGEND_ROW as i32;
+        let c = colour(i);
+        area.draw(&PathElement::new([(x, y + 10), (x + 24, y + 10)], c.stroke_width(2)))?;
+        area.draw(&Circle::new((x + 12, y + 10), 5, c.filled()))?;
+        area.draw(&Text::new(label.to_string(), (x + 34, y), ("sans-serif", 16).into_font()))?;
+    }
+    Ok(())
 }
 
 /// The series labels in a framed box at `position`.
