@@ -12,7 +12,7 @@ mod common;
 
 use common::{stripes_dataset, temp, tiny_config};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tch::Tensor;
@@ -24,6 +24,19 @@ const BATCH: usize = 4;
 /// A free loopback port for a rendezvous.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A temporary folder for one test, with the stripes dataset in its `data/`.
+fn workspace(name: &str) -> (PathBuf, PathBuf) {
+    let dir = temp(name);
+    let data = dir.join("data");
+    stripes_dataset(&data);
+    (dir, data)
+}
+
+/// Starts `cmd` with its stderr captured and its stdout dropped.
+fn start(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 /// `poac pretrain` of the tiny config with `batch` images per rank, one libtorch thread.
@@ -100,14 +113,12 @@ fn tensors(file: &Path) -> HashMap<String, Tensor> {
 
 #[test]
 fn two_ranks_of_batch_b_train_like_one_rank_of_batch_2b() {
-    let dir = temp("data-parallel");
-    let data = dir.join("data");
-    stripes_dataset(&data);
+    let (dir, data) = workspace("data-parallel");
     let (single, split) = (dir.join("single"), dir.join("split"));
     let port = free_port();
     let ranks: Vec<Child> =
-        (0..2).map(|r| rank(pretrain(&data, &split, BATCH, ITERATIONS), r, port).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()).collect();
-    let one = pretrain(&data, &single, 2 * BATCH, ITERATIONS).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        (0..2).map(|r| start(&mut rank(pretrain(&data, &split, BATCH, ITERATIONS), r, port))).collect();
+    let one = start(&mut pretrain(&data, &single, 2 * BATCH, ITERATIONS));
     for (r, child) in ranks.into_iter().enumerate() {
         finish(child, &format!("rank {r}"));
     }
@@ -138,14 +149,11 @@ fn two_ranks_of_batch_b_train_like_one_rank_of_batch_2b() {
 
 #[test]
 fn a_rank_that_dies_stops_the_other_within_the_timeout() {
-    let dir = temp("dead-rank");
-    let data = dir.join("data");
-    stripes_dataset(&data);
+    let (dir, data) = workspace("dead-rank");
     let run = dir.join("run");
     let port = free_port();
     let spawn = |r| {
-        let mut cmd = rank(pretrain(&data, &run, BATCH, LONG_RUN), r, port);
-        cmd.args(["--dist-timeout", DIST_TIMEOUT]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+        start(rank(pretrain(&data, &run, BATCH, LONG_RUN), r, port).args(["--dist-timeout", DIST_TIMEOUT]))
     };
     let (mut survivor, mut victim) = (spawn(0), spawn(1));
     wait_for_training(&run, &mut survivor);
@@ -161,12 +169,9 @@ fn a_rank_that_dies_stops_the_other_within_the_timeout() {
 
 #[test]
 fn a_port_in_use_and_an_unreachable_master_are_errors_naming_the_address() {
-    let dir = temp("rendezvous");
-    let data = dir.join("data");
-    stripes_dataset(&data);
+    let (dir, data) = workspace("rendezvous");
     let attempt = |rank_index: usize, port: u16| {
-        let mut cmd = rank(pretrain(&data, &dir.join(format!("run{rank_index}")), BATCH, "2"), rank_index, port);
-        let child = cmd.args(["--dist-timeout", "3s"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let child = start(rank(pretrain(&data, &dir.join(format!("run{rank_index}")), BATCH, "2"), rank_index, port).args(["--dist-timeout", "3s"]));
         let (status, stderr, _) = exit_within(child, Duration::from_secs(30));
         assert!(!status.success() && !stderr.contains("panicked"), "{stderr}");
         assert!(!stderr.contains("frame #"), "c10d's retry log with its C++ backtrace reached the user:\n{stderr}");
@@ -187,18 +192,13 @@ fn a_port_in_use_and_an_unreachable_master_are_errors_naming_the_address() {
 
 #[test]
 fn a_run_resumes_only_with_the_world_size_it_was_trained_with() {
-    let dir = temp("resume-world");
-    let data = dir.join("data");
-    stripes_dataset(&data);
+    let (dir, data) = workspace("resume-world");
     let run = dir.join("run");
-    let single = pretrain(&data, &run, 2 * BATCH, "2").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let single = start(&mut pretrain(&data, &run, 2 * BATCH, "2"));
     finish(single, "the single process");
     let port = free_port();
     let ranks: Vec<Child> = (0..2)
-        .map(|r| {
-            let mut cmd = rank(pretrain(&data, &run, BATCH, "4"), r, port);
-            cmd.args(["--resume", "--dist-timeout", DIST_TIMEOUT]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
-        })
+        .map(|r| start(rank(pretrain(&data, &run, BATCH, "4"), r, port).args(["--resume", "--dist-timeout", DIST_TIMEOUT])))
         .collect();
     for child in ranks {
         let (status, stderr, _) = exit_within(child, Duration::from_secs(40));
@@ -223,16 +223,14 @@ fn rank_of(pid: u32) -> Option<String> {
 
 #[test]
 fn poac_launch_stops_every_worker_when_one_dies() {
-    let dir = temp("launch");
-    let data = dir.join("data");
-    stripes_dataset(&data);
+    let (dir, data) = workspace("launch");
     let run = dir.join("run");
     let port = free_port().to_string();
     let worker = pretrain(&data, &run, BATCH, LONG_RUN);
     let mut launch = Command::new(env!("CARGO_BIN_EXE_poac"));
     launch.args(["launch", "--nproc-per-node", "2", "--master-port", &port, "--"]).args(worker.get_args());
     launch.arg("--dist-timeout").arg(DIST_TIMEOUT).env("OMP_NUM_THREADS", "1");
-    let mut launcher = launch.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut launcher = start(&mut launch);
     wait_for_training(&run, &mut launcher);
     let workers = children(launcher.id());
     assert_eq!(workers.len(), 2, "poac launch --nproc-per-node 2 started {workers:?}");

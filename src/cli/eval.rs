@@ -1,7 +1,8 @@
 //! `poac eval`.
 
-use crate::eval::knn::{knn_eval, KnnOptions, KS};
+use crate::eval::knn::{knn_eval, KS};
 use crate::eval::linear::{best_per_setting, linear_eval, LinearOptions, LinearReport};
+use crate::eval::EvalTarget;
 use crate::eval::record::append_record;
 use crate::runtime::RuntimeKind;
 use anyhow::Result;
@@ -46,6 +47,12 @@ pub struct EvalInput {
 }
 
 impl EvalInput {
+    /// The model, data and runtime to evaluate.
+    fn target(&self) -> EvalTarget {
+        let (model, data) = (self.model.clone(), self.data.clone());
+        EvalTarget { model, data, runtime: self.runtime, train_limit: self.train_limit, val_limit: self.val_limit }
+    }
+
     /// Records `report` if asked, then prints it as JSON or with `table`.
     fn report<R: serde::Serialize>(&self, eval: &str, report: &R, table: impl FnOnce(&R)) -> Result<()> {
         if let Some(path) = &self.record {
@@ -81,13 +88,7 @@ pub struct LinearArgs {
 pub fn run(command: EvalCommand) -> Result<()> {
     match command {
         EvalCommand::Knn(KnnArgs { input }) => {
-            let report = knn_eval(&KnnOptions {
-                model: input.model.clone(),
-                data: input.data.clone(),
-                runtime: input.runtime,
-                train_limit: input.train_limit,
-                val_limit: input.val_limit,
-            })?;
+            let report = knn_eval(&input.target())?;
             input.report("knn", &report, |report| {
                 println!("k-NN of {} on {} ({} train / {} val images):", report.evaluated.model, report.runtime, report.train_images, report.val_images);
                 println!("{:>6} {:>8} {:>8}", "k", "top-1", "top-5");
@@ -98,15 +99,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             })
         }
         EvalCommand::Linear(LinearArgs { input, epochs, batch_size }) => {
-            let report = linear_eval(&LinearOptions {
-                model: input.model.clone(),
-                data: input.data.clone(),
-                runtime: input.runtime,
-                train_limit: input.train_limit,
-                val_limit: input.val_limit,
-                epochs,
-                batch_size,
-            })?;
+            let report = linear_eval(&LinearOptions { target: input.target(), epochs, batch_size })?;
             input.report("linear", &report, print_linear)
         }
         EvalCommand::Finetune(args) => super::finetune::run(args),

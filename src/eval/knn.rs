@@ -3,35 +3,19 @@
 
 use super::features::extract;
 use super::record::EvaluatedModel;
+use super::EvalTarget;
 use crate::data::loader::EvalBatches;
 use crate::data::{DatasetIndex, Split};
 use crate::lower::model_info;
-use crate::runtime::RuntimeKind;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
 /// The k of the protocol.
 pub const KS: [usize; 4] = [10, 20, 100, 200];
 /// Softmax temperature of the votes.
 pub const TEMPERATURE: f64 = 0.07;
-
-/// What to evaluate.
-#[derive(Clone, Debug)]
-pub struct KnnOptions {
-    /// The ONNX model.
-    pub model: PathBuf,
-    /// Dataset root.
-    pub data: PathBuf,
-    /// Runtime to extract features with.
-    pub runtime: RuntimeKind,
-    /// Class-balanced subset of the training split.
-    pub train_limit: Option<usize>,
-    /// Class-balanced subset of the validation split.
-    pub val_limit: Option<usize>,
-}
 
 /// Accuracies per k.
 #[derive(Clone, Debug, Serialize)]
@@ -56,14 +40,14 @@ pub struct KnnReport {
 }
 
 /// Extracts features of both splits and classifies the validation images.
-pub fn knn_eval(options: &KnnOptions) -> Result<KnnReport> {
-    let info = model_info(&options.model)?;
-    let index = DatasetIndex::open_labelled(&options.data)?;
-    let mut runtime = options.runtime.open(&options.model)?;
-    let train = EvalBatches::new(index.root(), index.balanced(Split::Train, options.train_limit), info.image_size, info.mean, info.std);
-    let val = EvalBatches::new(index.root(), index.balanced(Split::Val, options.val_limit), info.image_size, info.mean, info.std);
+pub fn knn_eval(target: &EvalTarget) -> Result<KnnReport> {
+    let info = model_info(&target.model)?;
+    let index = DatasetIndex::open_labelled(&target.data)?;
+    let mut runtime = target.runtime.open(&target.model)?;
+    let train = EvalBatches::new(index.root(), index.balanced(Split::Train, target.train_limit), info.image_size, info.mean, info.std);
+    let val = EvalBatches::new(index.root(), index.balanced(Split::Val, target.val_limit), info.image_size, info.mean, info.std);
     if train.is_empty() || val.is_empty() {
-        bail!("k-NN needs training and validation images; {} has {} and {}", options.data.display(), train.len(), val.len());
+        bail!("k-NN needs training and validation images; {} has {} and {}", target.data.display(), train.len(), val.len());
     }
     let (train_features, train_kept) = extract(runtime.as_mut(), &train, info.image_size, "train features")?;
     let (val_features, val_kept) = extract(runtime.as_mut(), &val, info.image_size, "val features")?;
@@ -71,7 +55,7 @@ pub fn knn_eval(options: &KnnOptions) -> Result<KnnReport> {
     let train_labels = kept_labels(train.labels(), &train_kept);
     let val_labels = kept_labels(val.labels(), &val_kept);
     if train_labels.is_empty() || val_labels.is_empty() {
-        bail!("no image of one split of {} decodes", options.data.display());
+        bail!("no image of one split of {} decodes", target.data.display());
     }
     let skipped_images = train.len() + val.len() - train_labels.len() - val_labels.len();
     let (train_labels, val_labels) = (Tensor::from_slice(&train_labels), Tensor::from_slice(&val_labels));
@@ -82,11 +66,11 @@ pub fn knn_eval(options: &KnnOptions) -> Result<KnnReport> {
         top1_k20: top1["20"],
         top1,
         top5: keyed(top5),
-        runtime: options.runtime.name().into(),
+        runtime: target.runtime.name().into(),
         train_images: train_labels.size()[0] as usize,
         val_images: val_labels.size()[0] as usize,
         skipped_images,
-        evaluated: EvaluatedModel::new(&options.model, &info),
+        evaluated: EvaluatedModel::new(&target.model, &info),
     })
 }
 

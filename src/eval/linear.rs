@@ -4,14 +4,14 @@
 
 use super::classifier_grid::{ClassifierGrid, FeatureSetting, INIT_STD};
 use super::feature_cache::{FeatureCache, SplitFeatures};
+use super::record::EvaluatedModel;
+use super::EvalTarget;
 use crate::data::index::ClassInfo;
 use crate::data::{DatasetIndex, Split};
 use crate::lower::{model_info, ModelInfo};
-use crate::runtime::RuntimeKind;
-use super::record::EvaluatedModel;
 use anyhow::{bail, Result};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::Tensor;
 
 /// Seed of the classifiers' initial weights and of the mini-batch order.
@@ -22,16 +22,8 @@ pub const DEFAULT_ITERATIONS: usize = 12_500;
 /// What to evaluate, and how to train the classifiers.
 #[derive(Clone, Debug)]
 pub struct LinearOptions {
-    /// The ONNX model, lowered with `--output last4`.
-    pub model: PathBuf,
-    /// Dataset root.
-    pub data: PathBuf,
-    /// Runtime to extract features with.
-    pub runtime: RuntimeKind,
-    /// Class-balanced subset of the training split.
-    pub train_limit: Option<usize>,
-    /// Class-balanced subset of the validation split.
-    pub val_limit: Option<usize>,
+    /// The model (lowered with `--output last4`), the data and the runtime.
+    pub target: EvalTarget,
     /// Passes over the training features; `None` makes as many as [`DEFAULT_ITERATIONS`] iterations take.
     pub epochs: Option<usize>,
     /// Mini-batch size (the learning rates are scaled by it / 256).
@@ -86,21 +78,22 @@ pub fn linear_eval(options: &LinearOptions) -> Result<LinearReport> {
     if options.epochs == Some(0) || options.batch_size == 0 {
         bail!("--epochs and --batch-size must be at least 1");
     }
-    let info = model_info(&options.model)?;
-    check_last4(&info, &options.model)?;
-    let index = DatasetIndex::open_labelled(&options.data)?;
-    let train_entries = index.balanced(Split::Train, options.train_limit);
-    let val_entries = index.balanced(Split::Val, options.val_limit);
+    let target = &options.target;
+    let info = model_info(&target.model)?;
+    check_last4(&info, &target.model)?;
+    let index = DatasetIndex::open_labelled(&target.data)?;
+    let train_entries = index.balanced(Split::Train, target.train_limit);
+    let val_entries = index.balanced(Split::Val, target.val_limit);
     if train_entries.is_empty() || val_entries.is_empty() {
         bail!("the linear probe needs training and validation images; --train-limit / --val-limit select {} and {}", train_entries.len(), val_entries.len());
     }
-    let mut cache = FeatureCache::new(index.root(), &options.model, options.runtime)?;
-    let train = cache.features(Split::Train, options.train_limit, &train_entries, &info)?;
-    let val = cache.features(Split::Val, options.val_limit, &val_entries, &info)?;
+    let mut cache = FeatureCache::new(index.root(), &target.model, target.runtime)?;
+    let train = cache.features(Split::Train, target.train_limit, &train_entries, &info)?;
+    let val = cache.features(Split::Val, target.val_limit, &val_entries, &info)?;
     for (split, features) in [(Split::Train, &train), (Split::Val, &val)] {
-        check_split(split, features, &info, &options.data)?;
+        check_split(split, features, &info, &target.data)?;
     }
-    check_same_classes(&index.classes, &train.labels, &val.labels, options)?;
+    check_same_classes(&index.classes, &train.labels, &val.labels, target)?;
 
     let train_images = train.labels.size()[0] as usize;
     let batches_per_epoch = train_images.div_ceil(options.batch_size);
@@ -118,7 +111,7 @@ pub fn linear_eval(options: &LinearOptions) -> Result<LinearReport> {
         top1: best.top1,
         best,
         results,
-        runtime: options.runtime.name().into(),
+        runtime: target.runtime.name().into(),
         train_images,
         val_images: val.labels.size()[0] as usize,
         skipped_images: train.skipped + val.skipped,
@@ -126,7 +119,7 @@ pub fn linear_eval(options: &LinearOptions) -> Result<LinearReport> {
         epochs,
         iterations: epochs * batches_per_epoch,
         batch_size: options.batch_size,
-        evaluated: EvaluatedModel::new(&options.model, &info),
+        evaluated: EvaluatedModel::new(&target.model, &info),
     })
 }
 
@@ -173,7 +166,7 @@ fn check_split(split: Split, extracted: &SplitFeatures, info: &ModelInfo, data: 
 }
 
 /// Errors naming every class that has training images but no validation images, or the reverse.
-fn check_same_classes(classes: &[ClassInfo], train: &Tensor, val: &Tensor, options: &LinearOptions) -> Result<()> {
+fn check_same_classes(classes: &[ClassInfo], train: &Tensor, val: &Tensor, target: &EvalTarget) -> Result<()> {
     let count = |labels: &Tensor| {
         let mut per_class = vec![0usize; classes.len()];
         Vec::<i64>::try_from(labels).expect("int64 labels").into_iter().for_each(|l| per_class[l as usize] += 1);
@@ -189,7 +182,7 @@ fn check_same_classes(classes: &[ClassInfo], train: &Tensor, val: &Tensor, optio
     if differing.is_empty() {
         return Ok(());
     }
-    let limited = [options.train_limit, options.val_limit].into_iter().flatten().any(|l| l < classes.len());
+    let limited = [target.train_limit, target.val_limit].into_iter().flatten().any(|l| l < classes.len());
     let hint = if limited { format!(" (a --train-limit / --val-limit below the {} classes leaves classes out)", classes.len()) } else { String::new() };
     bail!("train and val do not hold the same classes: {}; every class needs images that decode in both splits{hint}", differing.join("; "))
 }
