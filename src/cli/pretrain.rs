@@ -24,7 +24,7 @@ pub struct PretrainArgs {
     /// Iterations to train (the schedules are stretched over them). 0 writes the initial (random) weights.
     #[arg(long)]
     max_iters: Option<u64>,
-    /// Training time, e.g. 900s, 15m, 1h; the schedules are fitted to it after a few iterations.
+    /// Training time, e.g. 900s, 15m, 1h; the schedules are fitted to it after a few iterations and refitted every 25.
     #[arg(long, value_parser = parse_duration)]
     time_budget: Option<Duration>,
     /// Continue the checkpoint in --output (a new run starts if there is none).

@@ -2,6 +2,7 @@
 //! iteration, sharing the student's parameters; DINO + iBOT + KoLeo losses and the intact→elastic term.
 
 pub mod adamw;
+pub mod budget;
 pub mod checkpoint;
 pub mod dry_run;
 pub mod losses;
@@ -16,6 +17,7 @@ use crate::data::loader::{MultiCropSpec, Shard, TrainLoader};
 use crate::data::{DatasetIndex, Split};
 use crate::dist::World;
 use anyhow::{bail, Context, Result};
+use budget::BudgetFit;
 use checkpoint::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use monitor::KnnMonitor;
@@ -30,10 +32,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tch::Device;
 
-/// Iterations timed (after the first) before the schedules are fitted to a time budget: enough for the cost of
-/// the sampled elastic students, which varies several-fold, to average out.
-const BUDGET_FIT_ITERATIONS: u64 = 12;
-
 /// What `poac pretrain` was asked to do.
 #[derive(Clone, Debug)]
 pub struct PretrainOptions {
@@ -45,7 +43,7 @@ pub struct PretrainOptions {
     pub output: PathBuf,
     /// Stop after this many iterations (and stretch the schedules over them).
     pub max_iters: Option<u64>,
-    /// Stop after this much training time (the schedules are fitted to it after a few iterations).
+    /// Stop after this much training time (the schedules are fitted to it as the run goes: see [`budget`]).
     pub time_budget: Option<Duration>,
     /// Continue the run's checkpoint.
     pub resume: bool,
@@ -184,10 +182,10 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
     }
 
     let config_total = (config.optim.epochs * config.train.official_epoch_length as f64).round() as u64;
-    let mut fit_to_budget = false;
+    let mut budget_fit = None;
     if progress.total_iters == 0 {
         progress.total_iters = options.max_iters.unwrap_or(config_total);
-        fit_to_budget = options.time_budget.is_some() && options.max_iters.is_none();
+        budget_fit = options.time_budget.filter(|_| options.max_iters.is_none()).map(|b| BudgetFit::new(b.as_secs_f64()));
     } else if let Some(max) = options.max_iters {
         progress.total_iters = max;
     }
@@ -303,15 +301,14 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
         let timed_secs = reduced.timed_secs;
         let images_per_second = if done_timed > 0 { done_timed as f64 * batch / timed_secs.max(1e-9) } else { 0.0 };
 
-        if fit_to_budget && done_timed == BUDGET_FIT_ITERATIONS {
-            let budget = options.time_budget.unwrap();
-            let per_iteration = timed_secs / BUDGET_FIT_ITERATIONS as f64;
-            let remaining = (budget.as_secs_f64() - reduced.budget_used_secs).max(0.0);
-            progress.total_iters = progress.iteration + (remaining / per_iteration).floor() as u64;
-            schedules = Schedules::new(&config, progress.total_iters, world.size());
-            bar.set_length(progress.total_iters);
-            say(format!("fitted the schedules to the time budget: {} iterations at {per_iteration:.2} s each", progress.total_iters));
-            fit_to_budget = false;
+        let refit = budget_fit.as_ref().and_then(|fit| fit.total_at(progress.iteration, done_timed, timed_secs, reduced.budget_used_secs));
+        if let Some(total) = refit {
+            if done_timed == budget::FIRST_FIT_AFTER {
+                say(format!("fitted the schedules to the time budget: {total} iterations at {:.2} s each (refitted every {} iterations)", timed_secs / done_timed as f64, budget::REFIT_EVERY));
+            }
+            progress.total_iters = total;
+            schedules = Schedules::new(&config, total, world.size());
+            bar.set_length(total);
         }
         bar.set_position(progress.iteration);
         let status = format!("loss {loss:.3} | {images_per_second:.1} img/s | elastic {subnet}");
