@@ -10,6 +10,7 @@ CUDART_VERSION=13.0.96        # libtorch_cpu.so of the 2.13 wheel links libcudar
 CUPTI_VERSION=13.0.85         # ... and libcupti.so.13, even on CPU
 ORT_VERSION=1.31.1            # ort 2.0.0-rc.15 with api-31
 ONNX_VERSION=1.23.2
+PILLOW_VERSION=12.1.1        # test oracle of the bicubic crops (torchvision resizes PIL images)
 
 CACHE="${POAC_CACHE:-$HOME/.cache/poac}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,7 +27,7 @@ unpack_deb() {
   rm -rf "$debs"
 }
 
-# --- Python venv with the ONNX checker (test oracle) and numpy -------------------------------------------------
+# --- Python venv with the test oracles: the ONNX checker, numpy, Pillow -----------------------------------------
 VENV="$CACHE/venv"
 if [ ! -f "$VENV/.done-onnx-$ONNX_VERSION" ]; then
   say "creating venv with onnx==$ONNX_VERSION in $VENV"
@@ -35,6 +36,11 @@ if [ ! -f "$VENV/.done-onnx-$ONNX_VERSION" ]; then
   touch "$VENV/.done-onnx-$ONNX_VERSION"
 fi
 PY="$VENV/bin/python"
+if [ ! -f "$VENV/.done-pillow-$PILLOW_VERSION" ]; then
+  say "installing pillow==$PILLOW_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "pillow==$PILLOW_VERSION"
+  touch "$VENV/.done-pillow-$PILLOW_VERSION"
+fi
 
 # --- libtorch from the torch wheel (no pytorch.org) -------------------------------------------------------------
 LIBTORCH="$CACHE/libtorch-$TORCH_VERSION/torch"

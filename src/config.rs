@@ -3,6 +3,7 @@
 //! key is an error naming the nearest valid spelling.
 
 use anyhow::{bail, Context, Result};
+use crate::data::augment::Interpolation;
 use poac_ir::VitArch;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -271,6 +272,8 @@ pub struct CropsConfig {
     /// Range of the blur's standard deviation in pixels, drawn uniformly for every blurred crop (dinov2:
     /// [0.1, 2.0]). The kernel has dinov2's 9 taps at 224 px global crops, fewer for smaller ones (3 at 32 px).
     pub blur_sigma: [f64; 2],
+    /// How crops are resampled: `bicubic` (dinov2's, as PIL does it) or `bilinear`.
+    pub interpolation: Interpolation,
 }
 
 impl Default for CropsConfig {
@@ -285,6 +288,7 @@ impl Default for CropsConfig {
             global_crops_solarize_probability: [0.0, 0.2],
             local_crops_blur_probability: 0.5,
             blur_sigma: [0.1, 2.0],
+            interpolation: Interpolation::Bicubic,
         }
     }
 }

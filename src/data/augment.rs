@@ -3,17 +3,32 @@
 
 use super::image_io::RgbImage;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
 /// Per-channel mean used to normalise inputs (ImageNet's, as dinov2); recorded in every lowered model.
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// Per-channel standard deviation used to normalise inputs.
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// How a crop is resampled to its output size (`crops.interpolation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    /// Bilinear with half-pixel centres; at the crop's edges it reads the image pixels just outside it.
+    Bilinear,
+    /// PIL's bicubic (a = −0.5, the kernel widened when shrinking), within the crop: what dinov2's
+    /// `RandomResizedCrop(interpolation=BICUBIC)` does to its PIL images.
+    #[default]
+    Bicubic,
+}
+
+/// A crop of an image, in whole pixels: `[left, top, width, height]`.
+pub type CropBox = [usize; 4];
+
 /// Samples a crop of `scale` × the image area and an aspect ratio in [3/4, 4/3] (log-uniform), resized to
 /// `size` × `size`; falls back to the largest centred crop after 10 tries (as torchvision does).
-pub fn random_resized_crop(img: &RgbImage, size: usize, scale: [f64; 2], rng: &mut impl Rng) -> RgbImage {
-    let (w, h) = (img.width as f64, img.height as f64);
-    let area = w * h;
+pub fn random_resized_crop(img: &RgbImage, size: usize, scale: [f64; 2], interpolation: Interpolation, rng: &mut impl Rng) -> RgbImage {
+    let area = (img.width * img.height) as f64;
     let (log_lo, log_hi) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());
     for _ in 0..10 {
         let target = area * rng.random_range(scale[0]..=scale[1]);
@@ -23,11 +38,20 @@ pub fn random_resized_crop(img: &RgbImage, size: usize, scale: [f64; 2], rng: &m
         if cw > 0 && ch > 0 && cw <= img.width && ch <= img.height {
             let top = rng.random_range(0..=img.height - ch);
             let left = rng.random_range(0..=img.width - cw);
-            return resize_region(img, left as f64, top as f64, cw as f64, ch as f64, size);
+            return resize_crop(img, [left, top, cw, ch], size, interpolation);
         }
     }
-    let side = w.min(h);
-    resize_region(img, (w - side) / 2.0, (h - side) / 2.0, side, side, size)
+    let side = img.width.min(img.height);
+    resize_crop(img, [(img.width - side) / 2, (img.height - side) / 2, side, side], size, interpolation)
+}
+
+/// The crop `[left, top, width, height]` of `img`, resampled to `size` × `size`.
+pub fn resize_crop(img: &RgbImage, crop: CropBox, size: usize, interpolation: Interpolation) -> RgbImage {
+    let [left, top, cw, ch] = crop;
+    match interpolation {
+        Interpolation::Bilinear => resize_region(img, left as f64, top as f64, cw as f64, ch as f64, size),
+        Interpolation::Bicubic => resize_bicubic(img, crop, size),
+    }
 }
 
 /// The evaluation transform: the largest centred square, resized to `size` × `size`.
@@ -35,6 +59,67 @@ pub fn center_square(img: &RgbImage, size: usize) -> RgbImage {
     let (w, h) = (img.width as f64, img.height as f64);
     let side = w.min(h);
     resize_region(img, (w - side) / 2.0, (h - side) / 2.0, side, side, size)
+}
+
+/// PIL's bicubic kernel, a = −0.5.
+fn bicubic_kernel(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// PIL's resampling taps along one axis, from `len` input pixels to `out`: for each output pixel the first input
+/// pixel of its window and the window's weights. When shrinking, the kernel is widened by the factor
+/// (antialiasing); windows are cut at the edges and their weights renormalised to sum to 1.
+fn bicubic_taps(len: usize, out: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = len as f64 / out as f64;
+    let widen = scale.max(1.0);
+    let support = 2.0 * widen;
+    (0..out)
+        .map(|o| {
+            let center = (o as f64 + 0.5) * scale;
+            // PIL truncates toward zero, then clips to the input.
+            let first = ((center - support + 0.5) as i64).max(0) as usize;
+            let end = ((center + support + 0.5) as i64).clamp(0, len as i64) as usize;
+            let weights: Vec<f64> = (first..end).map(|x| bicubic_kernel((x as f64 - center + 0.5) / widen)).collect();
+            let sum: f64 = weights.iter().sum();
+            let norm = if sum == 0.0 { 1.0 } else { sum };
+            (first, weights.iter().map(|w| (w / norm) as f32).collect())
+        })
+        .collect()
+}
+
+/// Bicubic resampling of the crop to `size²` as PIL does it on 8-bit images: a horizontal pass, then a vertical
+/// one, each result clipped to [0, 1] (PIL stores both passes in 8 bits; the rounding is not reproduced).
+fn resize_bicubic(img: &RgbImage, [left, top, cw, ch]: CropBox, size: usize) -> RgbImage {
+    let plane = img.width * img.height;
+    let (columns, rows) = (bicubic_taps(cw, size), bicubic_taps(ch, size));
+    let mut data = vec![0.0f32; 3 * size * size];
+    let mut wide = vec![0.0f32; ch * size];
+    for c in 0..3 {
+        let p = &img.data[c * plane..(c + 1) * plane];
+        for y in 0..ch {
+            let row = &p[(top + y) * img.width + left..][..cw];
+            for (x, (first, weights)) in columns.iter().enumerate() {
+                let v: f32 = weights.iter().zip(&row[*first..]).map(|(w, v)| w * v).sum();
+                wide[y * size + x] = v.clamp(0.0, 1.0);
+            }
+        }
+        let out = &mut data[c * size * size..(c + 1) * size * size];
+        for (y, (first, weights)) in rows.iter().enumerate() {
+            for x in 0..size {
+                let v: f32 = weights.iter().enumerate().map(|(k, w)| w * wide[(first + k) * size + x]).sum();
+                out[y * size + x] = v.clamp(0.0, 1.0);
+            }
+        }
+    }
+    RgbImage { width: size, height: size, data }
 }
 
 /// Bilinear resampling (half-pixel centres) of the region `[left, left+cw) × [top, top+ch)` to `size²`.
@@ -212,12 +297,14 @@ pub struct CropRecipe {
     pub solarize_probability: f64,
     /// The blur, when applied.
     pub blur: BlurSpec,
+    /// How the crop is resampled to `size`.
+    pub interpolation: Interpolation,
 }
 
 /// One crop of the multi-crop recipe: random-resized crop, flip (p 0.5), colour jitter (p 0.8), grayscale
 /// (p 0.2), then [`blur_and_solarize`] with the recipe's probabilities, and normalisation.
 pub fn augmented_crop(img: &RgbImage, recipe: &CropRecipe, rng: &mut impl Rng) -> RgbImage {
-    let mut crop = random_resized_crop(img, recipe.size, recipe.scale, rng);
+    let mut crop = random_resized_crop(img, recipe.size, recipe.scale, recipe.interpolation, rng);
     if rng.random_bool(0.5) {
         flip_horizontal(&mut crop);
     }
@@ -324,6 +411,39 @@ mod tests {
     }
 
     #[test]
+    fn bicubic_taps_sum_to_one_and_a_same_size_crop_is_copied() {
+        for (len, out) in [(7, 32), (28, 32), (32, 16), (9, 4), (5, 5)] {
+            for (first, weights) in bicubic_taps(len, out) {
+                assert!(first + weights.len() <= len);
+                assert!((weights.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{len} -> {out}: {weights:?}");
+            }
+        }
+        let img = noise(6, 5, 3);
+        let copy = resize_crop(&img, [1, 0, 5, 5], 5, Interpolation::Bicubic);
+        for c in 0..3 {
+            for y in 0..5 {
+                for x in 0..5 {
+                    assert_eq!(copy.data[c * 25 + y * 5 + x], img.data[c * 30 + y * 6 + x + 1]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bicubic_keeps_a_constant_and_stays_within_range() {
+        let flat = gray(9, 7, &[0.3; 63]);
+        for size in [4, 9, 20] {
+            let out = resize_crop(&flat, [1, 1, 7, 5], size, Interpolation::Bicubic);
+            assert!(out.data.iter().all(|v| (v - 0.3).abs() < 1e-6));
+        }
+        // A hard edge overshoots in the cubic; the passes clip to [0, 1] as PIL's 8-bit ones do.
+        let edge = gray(4, 4, &[0.0, 0.0, 1.0, 1.0].repeat(4));
+        let out = resize_crop(&edge, [0, 0, 4, 4], 16, Interpolation::Bicubic);
+        assert!(out.data.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(out.data.iter().any(|&v| v == 0.0) && out.data.iter().any(|&v| v == 1.0));
+    }
+
+    #[test]
     fn hsv_round_trips_and_flip_mirrors() {
         for (r, g, b) in [(0.2, 0.5, 0.9), (0.9, 0.1, 0.3), (0.4, 0.4, 0.4)] {
             let (h, s, v) = rgb_to_hsv(r, g, b);
@@ -336,7 +456,7 @@ mod tests {
     }
 
     fn recipe(size: usize, blur_probability: f64, solarize_probability: f64, sigma: [f32; 2]) -> CropRecipe {
-        CropRecipe { size, scale: [0.05, 0.32], blur_probability, solarize_probability, blur: BlurSpec { sigma, radius: 1 } }
+        CropRecipe { size, scale: [0.05, 0.32], blur_probability, solarize_probability, blur: BlurSpec { sigma, radius: 1 }, interpolation: Interpolation::Bicubic }
     }
 
     /// A single plane of `w × h` values, repeated in all three channels.

@@ -63,6 +63,7 @@ impl MultiCropSpec {
             blur_probability: crops.global_crops_blur_probability[k],
             solarize_probability: crops.global_crops_solarize_probability[k],
             blur,
+            interpolation: crops.interpolation,
         };
         let local = CropRecipe {
             size: crops.local_crops_size,
@@ -70,6 +71,7 @@ impl MultiCropSpec {
             blur_probability: crops.local_crops_blur_probability,
             solarize_probability: 0.0,
             blur,
+            interpolation: crops.interpolation,
         };
         Ok(MultiCropSpec {
             batch_size: config.train.batch_size,
