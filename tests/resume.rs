@@ -79,3 +79,38 @@ fn killed_and_resumed_run_repeats_the_uninterrupted_losses() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `poac pretrain --resume` of the tiny config into `run` with a time budget for the whole run.
+fn pretrain_within(data: &Path, run: &Path, budget: &str) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_poac"));
+    cmd.args(["pretrain", "--config", tiny_config().to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args(["--output", run.to_str().unwrap(), "--time-budget", budget, "--resume"]);
+    run_to_end(cmd);
+}
+
+/// The run's `checkpoint/state.json`.
+fn state(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/state.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_time_budget_covers_the_whole_run_across_resumes() {
+    let dir = temp("budget");
+    let data = dir.join("data");
+    stripes_dataset(&data);
+    let run = dir.join("run");
+    pretrain_within(&data, &run, "10s");
+    let first = state(&run);
+    // The config's 4 epochs × 2 iterations are a placeholder until the schedules are fitted to the budget.
+    let iterations = first["iteration"].as_u64().unwrap();
+    assert!(iterations > 8, "stopped at the config's length: {first}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let planned: Vec<u64> = lines.iter().filter(|l| l.get("loss").is_some()).map(|l| l["total_iters"].as_u64().unwrap()).collect();
+    assert_eq!((planned[0], planned.len() as u64), (8, iterations));
+    assert!(planned.last().unwrap() >= &iterations, "{planned:?}");
+    // Resumed with the same budget, the run has nothing left to train.
+    pretrain_within(&data, &run, "10s");
+    let again = state(&run);
+    assert_eq!(again["iteration"], first["iteration"]);
+    assert_eq!(again["elapsed_s"], first["elapsed_s"]);
+}

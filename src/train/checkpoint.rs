@@ -32,7 +32,7 @@ pub struct Progress {
     pub adam_step: i64,
     /// Seed of the run.
     pub seed: u64,
-    /// Training seconds so far.
+    /// Training seconds so far (wall time without the k-NN monitor's), across resumes: what `--time-budget` counts.
     pub elapsed_s: f64,
     /// Data-parallel processes the run trains with: the global batch, the lr scaling and every rank's share of
     /// the data depend on it, so a run resumes only with the same number (checkpoints without it: 1).

@@ -182,13 +182,17 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
     }
 
     let config_total = (config.optim.epochs * config.train.official_epoch_length as f64).round() as u64;
-    let mut budget_fit = None;
-    if progress.total_iters == 0 {
+    let fresh = progress.total_iters == 0;
+    if fresh {
         progress.total_iters = options.max_iters.unwrap_or(config_total);
-        budget_fit = options.time_budget.filter(|_| options.max_iters.is_none()).map(|b| BudgetFit::new(b.as_secs_f64()));
     } else if let Some(max) = options.max_iters {
         progress.total_iters = max;
     }
+    // A time budget covers the whole run, resumed parts included; the run's length is refitted to it as it goes.
+    let budget_fit = options.time_budget.filter(|_| options.max_iters.is_none()).map(|b| BudgetFit::new(b.as_secs_f64()));
+    let spent_before = Duration::from_secs_f64(progress.elapsed_s);
+    // Until its first fit, a new budgeted run's length (the config's) is a placeholder, not a limit.
+    let mut awaiting_fit = fresh && budget_fit.is_some();
     let mut schedules = Schedules::new(&config, progress.total_iters, world.size());
     let mut sampler = ElasticSampler::new(&poa.student.graph().space, config.dino.net_select_scale, config.train.seed);
 
@@ -258,12 +262,11 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
             bar.suspend(|| eprintln!("{message}"));
         }
     };
-    let budget_used = |monitor_time: Duration| started.elapsed().saturating_sub(monitor_time);
+    let budget_used = |monitor_time: Duration| spent_before + started.elapsed().saturating_sub(monitor_time);
     // Whether any rank was interrupted or used up the time budget: all stop at the same iteration.
     let mut stop = options.time_budget.is_some_and(|b| budget_used(monitor_time) >= b);
     let mut skipped_images = 0;
-    while progress.iteration < progress.total_iters && !stop {
-        let t0 = Instant::now();
+    while (progress.iteration < progress.total_iters || awaiting_fit) && !stop {
         let it = progress.iteration;
         let values = schedules.at(it);
         let subnet = sampler.at(it);
@@ -273,7 +276,6 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
         let losses = poa.step(&crop_batch, subnet, values, &world)?;
         progress.iteration += 1;
         progress.adam_step = poa.adam.step;
-        progress.elapsed_s += t0.elapsed().as_secs_f64();
         if it == first_iteration {
             timed_since = Some((Instant::now(), monitor_time));
         }
@@ -290,6 +292,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
         let [loss, intact, elastic, intact_to_elastic, intact_dino, elastic_dino] = reduced.losses;
         skipped_images = reduced.skipped_images;
         stop = reduced.wants_to_stop;
+        progress.elapsed_s = reduced.budget_used_secs;
         if stop && interrupted.load(Ordering::SeqCst) {
             say("interrupted: saving a checkpoint and stopping".into());
         }
@@ -303,6 +306,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
 
         let refit = budget_fit.as_ref().and_then(|fit| fit.total_at(progress.iteration, done_timed, timed_secs, reduced.budget_used_secs));
         if let Some(total) = refit {
+            awaiting_fit = false;
             if done_timed == budget::FIRST_FIT_AFTER {
                 say(format!("fitted the schedules to the time budget: {total} iterations at {:.2} s each (refitted every {} iterations)", timed_secs / done_timed as f64, budget::REFIT_EVERY));
             }
@@ -322,7 +326,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<Summary> {
             "elastic_dino": elastic_dino, "elastic_subnet": subnet.to_string(),
             "lr": values.lr, "weight_decay": values.weight_decay, "momentum": values.momentum,
             "teacher_temp": values.teacher_temp, "images_per_second": images_per_second,
-            "skipped_images": skipped_images, "elapsed_s": progress.elapsed_s,
+            "skipped_images": skipped_images, "elapsed_s": progress.elapsed_s, "total_iters": progress.total_iters,
             "gradient_all_reduce_s": losses.gradient_all_reduce_s,
         });
         metrics.write(&line)?;
