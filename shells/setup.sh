@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up for poac: installs libtorch (from PyPI's torch wheel), the ONNX Runtime shared library,
-# a small Python venv with the `onnx` checker used as a test oracle, and the Fashion-MNIST dataset, all into
+# a small Python venv with the test oracles (the `onnx` checker, numpy, Pillow), and the Fashion-MNIST dataset, all into
 # a cache outside the clone ($POAC_CACHE, default ~/.cache/poac). A second run downloads nothing.
 # It also writes .cargo/config.toml (git-ignored) so that plain `cargo build` / `cargo test` find them.
 set -euo pipefail

@@ -3,7 +3,7 @@
 //! key is an error naming the nearest valid spelling.
 
 use anyhow::{bail, Context, Result};
-use crate::data::augment::Interpolation;
+use crate::data::resize::Interpolation;
 use poac_ir::VitArch;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -273,7 +273,7 @@ pub struct CropsConfig {
     /// [0.1, 2.0]). The kernel has dinov2's 9 taps at 224 px global crops, fewer for smaller ones (3 at 32 px).
     pub blur_sigma: [f64; 2],
     /// How crops are resampled: `bicubic` (dinov2's, as PIL does it) or `bilinear`.
-    pub interpolation: Interpolation,
+    pub interpolation: String,
 }
 
 impl Default for CropsConfig {
@@ -288,8 +288,16 @@ impl Default for CropsConfig {
             global_crops_solarize_probability: [0.0, 0.2],
             local_crops_blur_probability: 0.5,
             blur_sigma: [0.1, 2.0],
-            interpolation: Interpolation::Bicubic,
+            interpolation: Interpolation::NAMES[0].into(),
         }
+    }
+}
+
+impl CropsConfig {
+    /// The resampling `interpolation` names; an unknown name is an error listing the valid ones.
+    pub fn interpolation(&self) -> Result<Interpolation> {
+        Interpolation::from_name(&self.interpolation)
+            .with_context(|| format!("crops.interpolation `{}`; valid: {}", self.interpolation, Interpolation::NAMES.join(", ")))
     }
 }
 
@@ -413,6 +421,7 @@ impl Config {
         if !PRECISIONS.contains(&self.train.compute_precision.as_str()) {
             bail!("train.compute_precision `{}`; valid: {}", self.train.compute_precision, PRECISIONS.join(", "));
         }
+        self.crops.interpolation()?;
         if !["sinkhorn_knopp", "centering"].contains(&self.train.centering.as_str()) {
             bail!("train.centering `{}`; valid: sinkhorn_knopp, centering", self.train.centering);
         }
@@ -566,5 +575,10 @@ mod tests {
         assert!(Config::parse("dino:\n  lambda_ie: 1.5\n").is_err());
         assert!(Config::parse("student:\n  head_dim: [1]\n").is_err());
         assert!(Config::parse("optim:\n  scaling_rule: cubic\n").is_err());
+        let err = format!("{:#}", Config::parse("crops:\n  interpolation: bicubik\n").unwrap_err());
+        assert!(err.contains("crops.interpolation `bicubik`; valid: bicubic, bilinear"), "{err}");
+        let c = Config::parse("crops:\n  interpolation: bilinear\n").unwrap();
+        assert_eq!(c.crops.interpolation().unwrap(), Interpolation::Bilinear);
+        assert_eq!(Config::default().crops.interpolation().unwrap(), Interpolation::Bicubic);
     }
 }

@@ -3,10 +3,11 @@
 //! masked-patch loss, KoLeo and the intact→elastic term, on the same fixed inputs, to ≤ 1e-5; and the schedules
 //! against dinov2's `CosineScheduler` re-written in numpy, at every iteration.
 
+mod common;
+
+use common::python;
 use poac::dist::World;
 use poac::train::losses::{cross_entropy, dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp, SINKHORN_ITERATIONS};
-use std::path::PathBuf;
-use std::process::Command;
 use tch::{Kind, Tensor};
 
 /// Deterministic values in [-1, 1) that look like logits of cosine-similarity prototypes.
@@ -19,10 +20,7 @@ fn tensor(v: &[f32], shape: [i64; 2]) -> Tensor {
 }
 
 fn numpy(script: &str) -> Vec<f64> {
-    let python = option_env!("POAC_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into());
-    let out = Command::new(python).args(["-c", script]).output().expect("run python with numpy (shells/setup.sh installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect()
+    python(script, &[]).split_whitespace().map(|x| x.parse().unwrap()).collect()
 }
 
 fn close(ours: &[f64], oracle: &[f64], what: &str) {

@@ -2,6 +2,9 @@
 //! hand-written state dict (checked by numpy), costs and budgets against hand-derived formulas, the IR dump, a
 //! clear error — never a panic — for every kind of bad request, and imports of dinov2-style state dicts.
 
+mod common;
+
+use common::python;
 use poac::config::Config;
 use poac::model::ElasticVit;
 use poac::runtime::RuntimeKind;
@@ -51,13 +54,6 @@ fn temp(tag: &str) -> PathBuf {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn python(script: &str, args: &[&str]) -> String {
-    let python = option_env!("POAC_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into());
-    let out = Command::new(python).args(["-c", script]).args(args).output().expect("run python (shells/setup.sh installs it)");
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A checkpoint of `arch` with fresh random parameters, LayerScale at the config's init.

@@ -1,15 +1,13 @@
 //! The elastic-space rules against numpy, the reference implementation's own tool: kept blocks are
 //! `np.linspace(0, L-1, d).astype(int)` and the sampling list repeats each pair `np.round(s_w * s_d)` times.
 
+mod common;
+
+use common::python;
 use poac_ir::{ElasticSpace, VitArch};
-use std::path::PathBuf;
-use std::process::Command;
 
 fn numpy(script: &str) -> String {
-    let python = option_env!("POAC_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into());
-    let out = Command::new(python).args(["-c", script]).output().expect("run python with numpy (shells/setup.sh installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    python(script, &[])
 }
 
 fn space(max_depth: usize, min_depth: usize, widths: usize) -> ElasticSpace {

@@ -1,7 +1,8 @@
 //! Batch loaders: multi-crop training batches built on worker threads in a reproducible order, and plain
 //! evaluation batches.
 
-use super::augment::{augmented_crop, center_square, normalize, BlurSpec, CropRecipe};
+use super::augment::{augmented_crop, normalize, BlurSpec, CropRecipe};
+use super::resize::center_square;
 use super::image_io::{decode, RgbImage};
 use super::index::Entry;
 use super::mask::batch_masks;
@@ -57,13 +58,14 @@ impl MultiCropSpec {
             bail!("crops.blur_sigma [{lo}, {hi}] must satisfy 0 < min <= max");
         }
         let blur = BlurSpec::for_global_size([lo as f32, hi as f32], crops.global_crops_size);
+        let interpolation = crops.interpolation()?;
         let global = |k: usize| CropRecipe {
             size: crops.global_crops_size,
             scale: crops.global_crops_scale,
             blur_probability: crops.global_crops_blur_probability[k],
             solarize_probability: crops.global_crops_solarize_probability[k],
             blur,
-            interpolation: crops.interpolation,
+            interpolation,
         };
         let local = CropRecipe {
             size: crops.local_crops_size,
@@ -71,7 +73,7 @@ impl MultiCropSpec {
             blur_probability: crops.local_crops_blur_probability,
             solarize_probability: 0.0,
             blur,
-            interpolation: crops.interpolation,
+            interpolation,
         };
         Ok(MultiCropSpec {
             batch_size: config.train.batch_size,

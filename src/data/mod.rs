@@ -8,6 +8,7 @@ pub mod index;
 pub mod loader;
 pub mod mask;
 pub mod rand_augment;
+pub mod resize;
 
 pub use index::{DatasetIndex, Split};
 

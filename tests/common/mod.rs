@@ -13,6 +13,15 @@ pub fn tiny_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny.yaml")
 }
 
+/// Runs `script` with the cache venv's Python (numpy, onnx, Pillow: shells/setup.sh installs them) and `args`;
+/// fails the test if it fails. Returns stdout.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let python = option_env!("POAC_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into());
+    let out = Command::new(python).args(["-c", script]).args(args).output().expect("run python (shells/setup.sh installs it)");
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs poac; fails the test if it panicked.
 pub fn poac(args: &[&str]) -> Output {
     let out = Command::new(POAC).args(args).output().expect("run poac");

@@ -3,7 +3,8 @@
 //! horizontal flip and RandAugment, a few milliseconds a batch at 32 px.
 
 use super::config::FinetuneConfig;
-use crate::data::augment::{flip_horizontal, normalize, random_resized_crop, Interpolation, MEAN, STD};
+use crate::data::augment::{flip_horizontal, normalize, random_resized_crop, MEAN, STD};
+use crate::data::resize::Interpolation;
 use crate::data::image_io::RgbImage;
 use crate::data::index::Entry;
 use crate::data::loader::decode_or_warn;
