@@ -2,8 +2,8 @@
 //! `crops.local_crops_number`, `optim.base_lr`, ...). Missing keys take the documented defaults below; an unknown
 //! key is an error naming the nearest valid spelling.
 
-use anyhow::{bail, Context, Result};
 use crate::data::resize::Interpolation;
+use anyhow::{bail, Context, Result};
 use poac_ir::VitArch;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

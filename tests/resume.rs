@@ -12,11 +12,19 @@ use std::time::{Duration, Instant};
 
 const ITERATIONS: &str = "30";
 
-/// `poac pretrain` of the tiny config into `run`, one libtorch thread (the reduction order is then fixed).
-fn pretrain(data: &Path, run: &Path, resume: bool) -> Command {
+/// `poac pretrain` of the tiny config from `data` into `run`.
+fn pretrain_command(data: &Path, run: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_poac"));
     cmd.args(["pretrain", "--config", tiny_config().to_str().unwrap(), "--data", data.to_str().unwrap()])
-        .args(["--output", run.to_str().unwrap(), "--max-iters", ITERATIONS])
+        .args(["--output", run.to_str().unwrap()]);
+    cmd
+}
+
+/// `poac pretrain` of the tiny config into `run` for `ITERATIONS`, one libtorch thread (the reduction order is
+/// then fixed).
+fn pretrain(data: &Path, run: &Path, resume: bool) -> Command {
+    let mut cmd = pretrain_command(data, run);
+    cmd.args(["--max-iters", ITERATIONS])
         .args(["--set", "train.compute_precision=fp32", "--set", "train.saveckp_freq=3", "--set", "train.num_workers=0"])
         .args(["--set", "student.drop_path_rate=0.1"])
         .env("OMP_NUM_THREADS", "1");
@@ -31,21 +39,29 @@ fn run_to_end(mut cmd: Command) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// The loss of every iteration in `run`'s metrics, in order.
-fn losses(run: &Path) -> Vec<(u64, f64)> {
+/// The metrics line of every iteration in `run`, in order.
+fn iteration_lines(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v.get("loss").is_some())
-        .map(|v| (v["iteration"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
         .collect()
+}
+
+/// The loss of every iteration in `run`'s metrics, in order.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    iteration_lines(run).iter().map(|v| (v["iteration"].as_u64().unwrap(), v["loss"].as_f64().unwrap())).collect()
+}
+
+/// The run's `checkpoint/state.json`, if one is complete.
+fn state(run: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/state.json")).ok()?).ok()
 }
 
 /// The iteration of `run`'s latest checkpoint, if one is complete.
 fn checkpointed(run: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(run.join("checkpoint/state.json")).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?["iteration"].as_u64()
+    state(run)?["iteration"].as_u64()
 }
 
 #[test]
@@ -82,15 +98,9 @@ fn killed_and_resumed_run_repeats_the_uninterrupted_losses() {
 
 /// `poac pretrain --resume` of the tiny config into `run` with a time budget for the whole run.
 fn pretrain_within(data: &Path, run: &Path, budget: &str) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_poac"));
-    cmd.args(["pretrain", "--config", tiny_config().to_str().unwrap(), "--data", data.to_str().unwrap()])
-        .args(["--output", run.to_str().unwrap(), "--time-budget", budget, "--resume"]);
+    let mut cmd = pretrain_command(data, run);
+    cmd.args(["--time-budget", budget, "--resume"]);
     run_to_end(cmd);
-}
-
-/// The run's `checkpoint/state.json`.
-fn state(run: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/state.json")).unwrap()).unwrap()
 }
 
 #[test]
@@ -100,17 +110,16 @@ fn a_time_budget_covers_the_whole_run_across_resumes() {
     stripes_dataset(&data);
     let run = dir.join("run");
     pretrain_within(&data, &run, "10s");
-    let first = state(&run);
+    let first = state(&run).unwrap();
     // The config's 4 epochs × 2 iterations are a placeholder until the schedules are fitted to the budget.
     let iterations = first["iteration"].as_u64().unwrap();
     assert!(iterations > 8, "stopped at the config's length: {first}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let planned: Vec<u64> = lines.iter().filter(|l| l.get("loss").is_some()).map(|l| l["total_iters"].as_u64().unwrap()).collect();
+    let planned: Vec<u64> = iteration_lines(&run).iter().map(|l| l["total_iters"].as_u64().unwrap()).collect();
     assert_eq!((planned[0], planned.len() as u64), (8, iterations));
     assert!(planned.last().unwrap() >= &iterations, "{planned:?}");
     // Resumed with the same budget, the run has nothing left to train.
     pretrain_within(&data, &run, "10s");
-    let again = state(&run);
+    let again = state(&run).unwrap();
     assert_eq!(again["iteration"], first["iteration"]);
     assert_eq!(again["elapsed_s"], first["elapsed_s"]);
 }

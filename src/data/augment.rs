@@ -2,8 +2,8 @@
 //! grayscale, Gaussian blur, solarisation, normalisation) and the deterministic evaluation transform.
 
 use super::image_io::RgbImage;
-use rand::Rng;
 use super::resize::{resize_crop, Interpolation};
+use rand::Rng;
 
 /// Per-channel mean used to normalise inputs (ImageNet's, as dinov2); recorded in every lowered model.
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];

@@ -2,10 +2,10 @@
 //! evaluation batches.
 
 use super::augment::{augmented_crop, normalize, BlurSpec, CropRecipe};
-use super::resize::center_square;
 use super::image_io::{decode, RgbImage};
 use super::index::Entry;
 use super::mask::batch_masks;
+use super::resize::center_square;
 use super::par_map;
 use crate::config::Config;
 use crate::shuffle::ShuffledPasses;

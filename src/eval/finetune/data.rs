@@ -4,12 +4,12 @@
 
 use super::config::FinetuneConfig;
 use crate::data::augment::{flip_horizontal, normalize, random_resized_crop, MEAN, STD};
-use crate::data::resize::Interpolation;
 use crate::data::image_io::RgbImage;
 use crate::data::index::Entry;
 use crate::data::loader::decode_or_warn;
 use crate::data::par_map;
 use crate::data::rand_augment::RandAugment;
+use crate::data::resize::Interpolation;
 use rand::Rng;
 use std::path::Path;
 use tch::Tensor;
